@@ -1,0 +1,172 @@
+"""One fine-tuning trial: load, (estimate gradients), add adapters, train, validate, save.
+
+`run_trial` reports a metrics dict at step 0 and every eval interval (to a callback such as Ray
+Tune's report), stops early when the loss diverges, and saves an adapter that applies to the
+original base model for every method."""
+
+import json
+import math
+import random
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from peft import get_peft_model
+from tqdm import tqdm
+
+import methods
+from harness import data
+from harness.config import TrialConfig
+from harness.gradients import estimate_gradients, loss_of
+from harness.memory import PeakMemory
+from harness.model import load, pick_device, pick_dtype, target_modules
+
+
+def seed_everything(seed: int):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@torch.no_grad()
+def validation_loss(model, examples, batch_size: int, pad_id: int) -> float:
+    """Token-weighted mean cross-entropy over the validation examples."""
+    was_training = model.training
+    model.eval()
+    total, tokens = 0.0, 0
+    for batch in data.in_order(examples, batch_size, pad_id):
+        count = int((batch["labels"][:, 1:] != -100).sum())
+        total += loss_of(model, batch).item() * count
+        tokens += count
+    model.train(was_training)
+    return total / tokens
+
+
+def linear_schedule(optimizer, warmup: int, total: int):
+    def factor(step):
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def prepare(cfg: TrialConfig, device):
+    """(model, tokenizer, train examples, val examples) for a resolved config."""
+    model, tok = load(cfg.model, device, pick_dtype(device, cfg.dtype), cfg.trust_remote_code)
+    rows = data.load_rows(cfg.train_data or cfg.task, "train", cfg.data_dir)
+    train_rows, val_rows = data.split_rows(rows, cfg.val_size, cfg.train_size)
+    return (model, tok, data.encode(train_rows, tok, cfg.max_length),
+            data.encode(val_rows, tok, cfg.max_length))
+
+
+def add_adapters(cfg: TrialConfig, model, train_ex, pad_id, device) -> tuple:
+    """The PEFT model with the method's init, and the init phase's measurements."""
+    method, hp = methods.get(cfg.method), cfg.hparams
+    targets = target_modules(model, cfg.targets)
+    grads, info = None, {}
+    if method.needs_gradients:
+        start = time.perf_counter()
+        with PeakMemory(device) as peak:
+            batches = data.in_order(train_ex[:hp["grad_samples"]], 1, pad_id)
+            grads = estimate_gradients(model, batches, targets)
+        info.update(grad_seconds=time.perf_counter() - start, grad_peak_mb=peak.mb)
+    start = time.perf_counter()
+    model = get_peft_model(model, method.lora_config(hp, targets))
+    method.init_adapters(model, hp, grads)
+    info["init_seconds"] = time.perf_counter() - start
+    return model, info
+
+
+def save_adapter(cfg: TrialConfig, model, init_dir: Path | None):
+    """Save to <out>/adapter; adapters of a modified base are converted to apply to the original."""
+    model.save_pretrained(Path(cfg.out) / "adapter",
+                          path_initial_model_for_weight_conversion=str(init_dir) if init_dir else None)
+    if init_dir:
+        shutil.rmtree(init_dir, ignore_errors=True)
+
+
+def save_init(model, out: str) -> Path:
+    """The untrained adapter, which PEFT's conversion subtracts at save time."""
+    init_dir = Path(out) / "init_adapter"
+    config = model.peft_config["default"]
+    init, config.init_lora_weights = config.init_lora_weights, True  # reload must not re-run the init
+    model.save_pretrained(init_dir)
+    config.init_lora_weights = init
+    return init_dir
+
+
+def run_trial(cfg: TrialConfig, report=None, progress: bool = False) -> dict:
+    """Train one resolved config; returns the final metrics (also written to <out>/metrics.json)."""
+    seed_everything(cfg.seed)
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    device = pick_device(cfg.device)
+    model, tok, train_ex, val_ex = prepare(cfg, device)
+    model, info = add_adapters(cfg, model, train_ex, tok.pad_token_id, device)
+    method = methods.get(cfg.method)
+    init_dir = save_init(model, cfg.out) if method.mutates_base else None
+    optimizer = method.optimizer(model, cfg.lr, cfg.hparams, cfg.weight_decay)
+    schedule = linear_schedule(optimizer, cfg.warmup_steps, cfg.steps)
+    batches = data.shuffled(train_ex, cfg.batch_size, tok.pad_token_id, cfg.seed)
+    val = lambda: validation_loss(model, val_ex, cfg.batch_size, tok.pad_token_id)
+
+    val_init = val()
+    history = [dict(step=0, val_loss=val_init, lr=schedule.get_last_lr()[0])]
+    if report:
+        report(history[0])
+    status, ema, tokens, train_time, step_times = "finished", None, 0, 0.0, []
+    model.train()
+    bar = tqdm(total=cfg.steps, disable=not progress, desc=f"{cfg.method} lr={cfg.lr:g}", unit="step")
+    with PeakMemory(device) as peak:
+        for step in range(1, cfg.steps + 1):
+            start = time.perf_counter()
+            loss = 0.0
+            for _ in range(cfg.grad_accum):
+                batch = next(batches)
+                part = loss_of(model, batch) / cfg.grad_accum
+                part.backward()
+                loss += part.item()
+                tokens += int(batch["attention_mask"].sum())
+            lr = schedule.get_last_lr()[0]
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            step_times.append(time.perf_counter() - start)
+            train_time += step_times[-1]
+            ema = loss if ema is None else 0.9 * ema + 0.1 * loss
+            bar.update()
+            bar.set_postfix(loss=f"{loss:.3f}")
+            if not math.isfinite(loss) or ema > cfg.diverge_factor * val_init:
+                status = "diverged"
+            if status == "diverged" or step % cfg.eval_interval == 0 or step == cfg.steps:
+                point = dict(step=step, train_loss=loss, lr=lr, tokens_per_s=tokens / train_time,
+                             peak_mem_mb=peak.so_far())
+                if status == "finished":
+                    point["val_loss"] = val()
+                history.append(point)
+                tokens, train_time = 0, 0.0
+                if report:
+                    report(point)
+            if status == "diverged":
+                break
+    bar.close()
+    if status == "finished":
+        save_adapter(cfg, model, init_dir)
+    elif init_dir:
+        shutil.rmtree(init_dir, ignore_errors=True)
+    result = summarize(history, status, val_init, info, step_times)
+    Path(cfg.out, "metrics.json").write_text(json.dumps(
+        {"config": cfg.to_dict(), **result, "history": history}, indent=2))
+    return result
+
+
+def summarize(history, status, val_init, info, step_times) -> dict:
+    last = history[-1]
+    vals = [p["val_loss"] for p in history if "val_loss" in p]
+    # Skip the first steps: they include one-off warm-up costs (allocator, kernels).
+    steady = step_times[len(step_times) // 4:] or step_times
+    return dict(status=status, step=last["step"], val_loss=vals[-1], val_loss_init=val_init,
+                best_val_loss=min(vals), train_loss=last.get("train_loss"),
+                tokens_per_s=last.get("tokens_per_s"), peak_mem_mb=last.get("peak_mem_mb"),
+                step_seconds=float(np.median(steady)) if steady else None, **info)

@@ -1,0 +1,87 @@
+"""What a method is: LoRA hyperparameters, an adapter init, and an optimizer.
+
+The trial calls, in order: `lora_config` (PEFT adapters on the target layers), `init_adapters`
+(with the averaged full gradients when `needs_gradients`), then `optimizer`. A method whose init
+changes the base weights sets `mutates_base`: its adapter is saved with PEFT's conversion to a
+rank-2r LoRA of the original base."""
+
+import math
+
+import torch
+from peft import LoraConfig
+
+LORA_DEFAULTS = dict(rank=8, alpha=16.0, use_rslora=False, dropout=0.0)
+
+
+class Method:
+    name = ""
+    description = ""
+    defaults: dict = {}
+    choices: dict = {}              # allowed values of the string hyperparameters
+    zero_ok = ("dropout",)          # numeric hyperparameters that may be 0
+    needs_gradients = False
+    mutates_base = False
+
+    def resolve(self, overrides: dict) -> dict:
+        """Defaults with overrides applied; unknown keys and bad values are usage errors."""
+        from harness.config import UsageError, positive
+        allowed = {**LORA_DEFAULTS, **self.defaults}
+        unknown = sorted(set(overrides) - set(allowed))
+        if unknown:
+            raise UsageError(f"unknown hyperparameter {unknown[0]!r} for method {self.name}: "
+                             f"use one of {', '.join(sorted(allowed))}")
+        hp = {**allowed, **overrides}
+        for key, value in hp.items():
+            kind = type(allowed[key])
+            if kind is str:
+                if value not in self.choices.get(key, ()):
+                    raise UsageError(f"{key} must be one of {', '.join(self.choices[key])}, got {value!r}")
+            elif kind is bool or (kind is int and (isinstance(value, bool) or not isinstance(value, int))):
+                if not isinstance(value, kind):
+                    raise UsageError(f"{key} must be {'true or false' if kind is bool else 'a whole number'}, "
+                                     f"got {value!r}")
+            else:
+                positive(key, value, allow_zero=key in self.zero_ok)
+        return hp
+
+    def scaling(self, hp: dict) -> float:
+        return hp["alpha"] / (math.sqrt(hp["rank"]) if hp["use_rslora"] else hp["rank"])
+
+    def lora_config(self, hp: dict, targets: list[str]) -> LoraConfig:
+        return LoraConfig(r=hp["rank"], lora_alpha=hp["alpha"], use_rslora=hp["use_rslora"],
+                          lora_dropout=hp["dropout"], target_modules=targets, task_type="CAUSAL_LM")
+
+    def init_adapters(self, model, hp: dict, grads: dict | None):
+        """Change the adapters (and base weights) after PEFT built them; LoRA keeps PEFT's init."""
+
+    def optimizer(self, model, lr: float, hp: dict, weight_decay: float) -> torch.optim.Optimizer:
+        params = [p for p in model.parameters() if p.requires_grad]
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
+def lora_layers(model):
+    """(original module name, LoRA layer) for every adapted layer of a PEFT model."""
+    from peft.tuners.lora import LoraLayer
+    prefix = "base_model.model."
+    for name, module in model.named_modules():
+        if isinstance(module, LoraLayer):
+            yield name.removeprefix(prefix), module
+
+
+@torch.no_grad()
+def set_factors(layer, A: torch.Tensor, B: torch.Tensor, new_weight: torch.Tensor | None = None):
+    """Write init factors into a PEFT LoRA layer (adapter 'default'), keeping the adapter dtype."""
+    layer.lora_A["default"].weight.copy_(A)
+    layer.lora_B["default"].weight.copy_(B)
+    if new_weight is not None:
+        layer.get_base_layer().weight.copy_(new_weight)
+
+
+def riemannian_optimizer(model, lr: float, hp: dict, weight_decay: float):
+    """PEFT's Riemannian-preconditioned optimizer: scaled AdamW or scaled GD (SGD)."""
+    from peft.optimizers import create_riemannian_optimizer
+    if hp["optimizer"] == "sgd":
+        return create_riemannian_optimizer(model, torch.optim.SGD, lr=lr, reg=hp["reg"],
+                                           weight_decay=weight_decay)
+    return create_riemannian_optimizer(model, torch.optim.AdamW, lr=lr, reg=hp["reg"],
+                                       weight_decay=weight_decay)

@@ -1,0 +1,52 @@
+"""LoRA-One (Zhang et al., ICML 2025, arXiv 2502.01235), as in the reference code YuanheZ/LoRA-One.
+
+Spectral init from one full gradient step: with U S V = svd_lowrank(-G, min(512, m, n), 16),
+B = U_r sqrt(S_r) / sqrt(sigma1 gamma), A = sqrt(S_r) V_r^T / sqrt(sigma1 gamma), W unchanged,
+so s B A = -(s / (gamma sigma1)) [G]_r at init. Training is preconditioned AdamW by default (the
+paper's algorithm); `precondition: false` gives the plain AdamW of the released code.
+An older repo version used the name for a different init (orthonormal factors of +G with the
+offset subtracted); this is the published one."""
+
+import math
+
+import torch
+
+from methods import register
+from methods._base import Method, lora_layers, riemannian_optimizer, set_factors
+
+
+def init_factors(weight: torch.Tensor, grad: torch.Tensor, *, rank: int, scaling: float,
+                 gamma: float = 128) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(A r×n fp32, B m×r fp32, the unchanged weight) for one m×n layer."""
+    m, n = weight.shape
+    U, S, V = torch.svd_lowrank(-grad.float(), q=min(512, m, n), niter=16)
+    root = S[:rank].sqrt() / math.sqrt(S[0].item() * gamma)
+    B = U[:, :rank] * root
+    A = (V[:, :rank] * root).T.contiguous()
+    return A, B, weight
+
+
+@register
+class LoraOne(Method):
+    name = "lora-one"
+    description = "LoRA-One: one-step full-gradient spectral init, preconditioned AdamW"
+    defaults = dict(use_rslora=True, gamma=128.0, reg=1e-6, precondition=True,
+                    optimizer="adamw", grad_samples=8)
+    choices = dict(optimizer=("adamw", "sgd"))
+    needs_gradients = True
+
+    def init_adapters(self, model, hp, grads):
+        s = self.scaling(hp)
+        for name, layer in lora_layers(model):
+            weight = layer.get_base_layer().weight
+            A, B, _ = init_factors(weight.data, grads[name].to(weight.device),
+                                   rank=hp["rank"], scaling=s, gamma=hp["gamma"])
+            set_factors(layer, A, B)
+
+    def optimizer(self, model, lr, hp, weight_decay):
+        if hp["precondition"]:
+            return riemannian_optimizer(model, lr, hp, weight_decay)
+        if hp["optimizer"] == "sgd":
+            params = [p for p in model.parameters() if p.requires_grad]
+            return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
+        return super().optimizer(model, lr, hp, weight_decay)
