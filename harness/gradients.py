@@ -19,7 +19,7 @@ def estimate_gradients(model, batches, targets: list[str]) -> dict[str, torch.Te
     saved = {p: p.requires_grad for p in model.parameters()}
     checkpointing = getattr(model, "is_activation_checkpointing", False)
     if checkpointing:  # reentrant checkpointing yields no weight gradients
-        model.gradient_checkpointing_disable()
+        model.activation_checkpointing_disable()
     model.train()
     model.requires_grad_(False)
     sums, hooks = {}, []
@@ -49,5 +49,5 @@ def estimate_gradients(model, batches, targets: list[str]) -> dict[str, torch.Te
         for param, flag in saved.items():
             param.requires_grad_(flag)
         if checkpointing:
-            model.gradient_checkpointing_enable()
+            model.activation_checkpointing_enable()
     return {name: grad / count for name, grad in sums.items()}
