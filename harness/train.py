@@ -19,6 +19,7 @@ from tqdm import tqdm
 import methods
 from harness import data
 from harness.config import TrialConfig
+from harness.faults import maybe_inject
 from harness.gradients import estimate_gradients, loss_of
 from harness.memory import PeakMemory
 from harness.model import load, pick_device, pick_dtype, target_modules
@@ -124,7 +125,7 @@ def run_trial(cfg: TrialConfig, report=None, progress: bool = False) -> dict:
             loss = 0.0
             for _ in range(cfg.grad_accum):
                 batch = next(batches)
-                part = loss_of(model, batch) / cfg.grad_accum
+                part = maybe_inject(cfg, step, loss_of(model, batch)) / cfg.grad_accum
                 part.backward()
                 loss += part.item()
                 tokens += int(batch["attention_mask"].sum())

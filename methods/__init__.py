@@ -19,8 +19,7 @@ def _discover():
 
 
 def names() -> list[str]:
-    if not REGISTRY:
-        _discover()
+    _discover()   # always: a method module imported directly must not hide the others
     return sorted(REGISTRY)
 
 

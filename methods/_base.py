@@ -37,7 +37,7 @@ class Method:
                 if value not in self.choices.get(key, ()):
                     raise UsageError(f"{key} must be one of {', '.join(self.choices[key])}, got {value!r}")
             elif kind is bool or (kind is int and (isinstance(value, bool) or not isinstance(value, int))):
-                if not isinstance(value, kind):
+                if type(value) is not kind:   # bool is a subclass of int: rank=True is no rank
                     raise UsageError(f"{key} must be {'true or false' if kind is bool else 'a whole number'}, "
                                      f"got {value!r}")
             else:
