@@ -1,4 +1,4 @@
-"""Command line: `harness methods`, `harness trial`."""
+"""Command line: `harness methods`, `harness trial`, `harness run`, `harness ui`."""
 
 import argparse
 import json
@@ -42,29 +42,37 @@ def parse_setting(text: str) -> tuple:
 def add_trial_options(p):
     """Options shared by every command that trains."""
     p.add_argument("--task", default="gsm8k", help="evaluation task (default: gsm8k)")
-    p.add_argument("--preset", default="smoke",
-                   help=f"size of model and budget: {', '.join(PRESETS)} (default: smoke)")
+    p.add_argument("--preset", default="",
+                   help=f"size of model and budget: {', '.join(PRESETS)} (default: gpu where a GPU "
+                   f"is visible, else cpu)")
     p.add_argument("--data-dir", default="", help="local data folder with <task>/train.jsonl and "
                    "test.jsonl (default: $HARNESS_DATA_DIR, else the hub)")
-    p.add_argument("--model", default="", help="hub id, local folder, tiny or smollm2-135m "
+    p.add_argument("--model", default=None, help="hub id, local folder, tiny or smollm2-135m "
                    "(default: the preset's)")
-    p.add_argument("--steps", type=int, default=0, help="optimizer steps (default: the preset's)")
-    p.add_argument("--batch-size", type=int, default=0, help="examples per step (default: the preset's)")
-    p.add_argument("--max-length", type=int, default=0, help="tokens per example (default: the preset's)")
-    p.add_argument("--eval-interval", type=int, default=0, help="steps between validations")
-    p.add_argument("--train-size", type=int, default=0, help="training rows to use (0 = all)")
-    p.add_argument("--val-size", type=int, default=0, help="held-out validation rows")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the preset's)")
+    p.add_argument("--batch-size", type=int, default=None, help="examples per step (default: the preset's)")
+    p.add_argument("--max-length", type=int, default=None, help="tokens per example (default: the preset's)")
+    p.add_argument("--eval-interval", type=int, default=None, help="steps between validations")
+    p.add_argument("--train-size", type=int, default=None, help="training rows to use (0 = all)")
+    p.add_argument("--val-size", type=int, default=None, help="held-out validation rows")
+    p.add_argument("--eval-limit", type=int, default=None, help="GSM8K test questions scored with "
+                   "lm-eval after training; 0 = skip (default: the preset's: smoke 5, cpu 10, gpu all)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="allow model code from the hub (off: only use with models you trust)")
 
 
+def default_preset() -> str:
+    import torch
+    return "gpu" if torch.cuda.is_available() else "cpu"
+
+
 def config_from(args, **extra) -> TrialConfig:
-    return TrialConfig(task=args.task, preset=args.preset, data_dir=args.data_dir, model=args.model,
+    return TrialConfig(task=args.task, preset=args.preset or default_preset(), data_dir=args.data_dir, model=args.model,
                        steps=args.steps, batch_size=args.batch_size, max_length=args.max_length,
                        eval_interval=args.eval_interval, train_size=args.train_size,
-                       val_size=args.val_size, device=args.device, dtype=args.dtype,
+                       val_size=args.val_size, eval_limit=args.eval_limit, device=args.device, dtype=args.dtype,
                        trust_remote_code=args.trust_remote_code, **extra)
 
 
@@ -90,6 +98,79 @@ def cmd_trial(args):
     return 0 if result["status"] == "finished" else 1
 
 
+def parse_lrs(text: str) -> list:
+    return [parse_number(x) for x in text.split(",") if x.strip()]
+
+
+def cmd_run(args):
+    from harness import sweep, tracking
+    names = methods_list(args.methods)
+    sc = sweep.SweepConfig(
+        methods=names, trial=config_from(args, method=names[0], lr=1.0, seed=args.seed),
+        name=args.resume or args.name, search=args.search, trials=args.trials, scheduler=args.scheduler,
+        seeds=args.seeds, lrs=args.lrs, cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
+        max_failures=args.max_failures, address=args.address, storage=args.storage,
+        tracking_uri=args.tracking_uri, resume=bool(args.resume))
+    plan = sweep.prepare(sc)
+    if args.dry_run:
+        print(sweep.describe(sc, plan))
+        return 0
+    count = len(plan) if sc.search == "grid" else sc.trials * len(names)
+    print(f"sweep {sc.name}: {count} trials of {', '.join(names)} on preset {sc.trial.preset}; "
+          f"tracking {tracking.redact(sc.tracking_uri)}; log {sc.path / 'harness.log'}")
+    rows = sweep.run(sc, plan)
+    print("\n" + sweep.table(rows))
+    print(f"results: {sc.path / 'results.json'}")
+    return 0
+
+
+def methods_list(text: str) -> list[str]:
+    import methods
+    names = methods.names() if text == "all" else [m.strip() for m in text.split(",") if m.strip()]
+    for name in names:
+        methods.get(name)
+    if not names:
+        raise UsageError("--methods is empty: use all or a comma list such as lora,pissa")
+    return names
+
+
+def cmd_ui(args):
+    from harness.tracking import redact, resolve_uri
+    uri = resolve_uri(args.tracking_uri, Path(args.storage or "runs").resolve())
+    print(f"MLflow UI for {redact(uri)} at http://{args.host}:{args.port}", flush=True)
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
+               "--host", args.host, "--port", str(args.port), "--workers", "1"]
+    os.execv(sys.executable, command)
+
+
+def add_run_options(p):
+    p.add_argument("--methods", default="all", help="all, or a comma list (see `harness methods`)")
+    p.add_argument("--search", default="grid", help="grid (ladder x method grid x seeds) or optuna")
+    p.add_argument("--trials", type=int, default=8, help="Optuna trials per method (default: 8)")
+    p.add_argument("--scheduler", default="none", help="none, or asha (early stopping on val loss)")
+    p.add_argument("--seeds", type=int, default=1, help="seeds per grid point (default: 1)")
+    p.add_argument("--seed", type=int, default=0, help="first seed, and Optuna's seed (default: 0)")
+    p.add_argument("--lrs", type=parse_lrs, default=[], help="learning-rate ladder, for example "
+                   "1e-5,1e-4,1e-3 (default: search_spaces/_ladders.yaml for the preset)")
+    p.add_argument("--cpus-per-trial", type=float, default=0, help="CPUs per trial (default: all "
+                   "CPUs on a CPU machine, 4 with GPUs)")
+    p.add_argument("--gpus-per-trial", type=float, default=0, help="GPUs per trial, fractions "
+                   "allowed (default: 1 where a GPU is visible)")
+    p.add_argument("--max-concurrent", type=int, default=0, help="trials at once (default: as "
+                   "resources allow)")
+    p.add_argument("--max-failures", type=int, default=1, help="retries of a crashed trial")
+    p.add_argument("--address", default="", help="Ray cluster to join (default: $RAY_ADDRESS, "
+                   "else a local Ray)")
+    p.add_argument("--storage", default="", help="folder or URI for sweep results; shared on "
+                   "clusters (default: ./runs)")
+    p.add_argument("--name", default="", help="sweep name (default: <task>-<preset>-<time>)")
+    p.add_argument("--resume", default="", metavar="NAME", help="continue the interrupted sweep NAME")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and compute estimate only")
+    p.add_argument("--tracking-uri", default="", help="MLflow URI (default: $MLFLOW_TRACKING_URI, "
+                   "else sqlite under --storage)")
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="harness", description="Learning-rate robustness benchmarks of LoRA methods.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -102,10 +183,18 @@ def build_parser() -> Parser:
                        help="method hyperparameter, repeatable: --set rank=16 --set reg=1e-4")
     trial.add_argument("--out", default="", help="trial folder (default: runs/trials/<method>-lr<lr>-...)")
     add_trial_options(trial)
+    run = sub.add_parser("run", help="sweep methods over learning rates on Ray Tune, tracked in MLflow")
+    add_run_options(run)
+    add_trial_options(run)
+    ui = sub.add_parser("ui", help="start the MLflow UI on the sweeps' tracking store")
+    ui.add_argument("--tracking-uri", default="", help="MLflow URI (default: as for harness run)")
+    ui.add_argument("--storage", default="", help="sweeps folder whose store to show (default: ./runs)")
+    ui.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, local only)")
+    ui.add_argument("--port", type=int, default=5000, help="port (default: 5000)")
     return parser
 
 
-COMMANDS = {"methods": cmd_methods, "trial": cmd_trial}
+COMMANDS = {"methods": cmd_methods, "trial": cmd_trial, "run": cmd_run, "ui": cmd_ui}
 
 
 def main(argv=None) -> int:

@@ -14,40 +14,44 @@ class UsageError(Exception):
 # or one of the built-in models of harness.model ("tiny", "smollm2-135m").
 PRESETS = {
     "smoke": dict(model="tiny", steps=24, batch_size=4, max_length=128, eval_interval=8,
-                  val_size=16, train_size=512, warmup_steps=2, lrs=[1e-3, 3e-3, 1e-2]),
+                  val_size=16, train_size=512, warmup_steps=2, eval_limit=5),
     "cpu": dict(model="smollm2-135m", steps=30, batch_size=4, max_length=192, eval_interval=10,
-                val_size=24, train_size=2048, warmup_steps=3, lrs=[5e-5, 2e-4, 8e-4]),
+                val_size=24, train_size=2048, warmup_steps=3, eval_limit=10),
     "gpu": dict(model="Qwen/Qwen3-0.6B", steps=1000, batch_size=16, max_length=512,
                 eval_interval=100, val_size=256, train_size=0, warmup_steps=50,
-                lrs=[1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3]),
+                eval_limit=1319),
     # LoRA-One's Llama-2-7B recipe: MetaMathQA-100k, batch 32, one epoch, linear schedule,
     # 100 warmup steps, weight decay 0, max length 1024.
     "paper": dict(model="meta-llama/Llama-2-7b-hf", train_data="metamathqa", steps=3125,
                   batch_size=4, grad_accum=8, max_length=1024, eval_interval=250, val_size=256,
-                  train_size=100_000, warmup_steps=100,
-                  lrs=[2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3]),
+                  train_size=100_000, warmup_steps=100, eval_limit=1319),
 }
+
+
+COMMON = dict(train_data="", grad_accum=1)
 
 
 @dataclass
 class TrialConfig:
+    """One trial. Fields left at None are taken from the preset."""
     method: str
     lr: float
     task: str = "gsm8k"
     preset: str = "smoke"
-    model: str = ""
-    train_data: str = ""              # training set; defaults to the task's own train split
+    model: str | None = None
+    train_data: str | None = None     # training source; defaults to the task's own train split
     data_dir: str = ""                # local data folder (layout: <task>/train.jsonl, test.jsonl)
     out: str = ""                     # trial folder: metrics.json, adapter/
     seed: int = 0
-    steps: int = 0
-    batch_size: int = 0
-    grad_accum: int = 1
-    max_length: int = 0
-    eval_interval: int = 0
-    val_size: int = 0
-    train_size: int = 0               # 0 = the whole training split
-    warmup_steps: int = 0
+    steps: int | None = None
+    batch_size: int | None = None
+    grad_accum: int | None = None
+    max_length: int | None = None
+    eval_interval: int | None = None
+    val_size: int | None = None
+    train_size: int | None = None     # 0 = the whole training split
+    warmup_steps: int | None = None
+    eval_limit: int | None = None     # GSM8K test questions scored after training; 0 = none
     weight_decay: float = 0.0
     targets: str = "all-linear"       # or a comma list of module-name suffixes
     diverge_factor: float = 2.0       # train loss above this multiple of the initial val loss
@@ -61,12 +65,12 @@ class TrialConfig:
 
 
 def resolve(cfg: TrialConfig) -> TrialConfig:
-    """Fill the fields left at 0 / "" from the preset, then validate everything."""
+    """Fill the fields left at None from the preset, then validate everything."""
     if cfg.preset not in PRESETS:
         raise UsageError(f"unknown preset {cfg.preset!r}: choose one of {', '.join(PRESETS)}")
-    preset = PRESETS[cfg.preset]
+    preset = {**COMMON, **PRESETS[cfg.preset]}
     for f in fields(cfg):
-        if f.name in preset and getattr(cfg, f.name) in (0, "", None):
+        if getattr(cfg, f.name) is None:
             setattr(cfg, f.name, preset[f.name])
     cfg.data_dir = cfg.data_dir or os.environ.get("HARNESS_DATA_DIR", "")
     if cfg.data_dir:
@@ -95,7 +99,7 @@ def validate(cfg: TrialConfig):
     positive("--lr", cfg.lr)
     for name in ("steps", "batch_size", "grad_accum", "max_length", "eval_interval", "val_size"):
         positive(name, getattr(cfg, name))
-    for name in ("train_size", "warmup_steps", "weight_decay"):
+    for name in ("train_size", "warmup_steps", "weight_decay", "eval_limit"):
         positive(name, getattr(cfg, name), allow_zero=True)
     if cfg.data_dir and not Path(cfg.data_dir).is_dir():
         raise UsageError(f"data folder {cfg.data_dir} does not exist: pass --data-dir with a folder "
@@ -105,3 +109,14 @@ def validate(cfg: TrialConfig):
     if cfg.dtype not in ("auto", "float32", "bfloat16", "float16"):
         raise UsageError(f"unknown dtype {cfg.dtype!r}: use auto, float32, bfloat16 or float16")
     cfg.hparams = get_method(cfg.method).resolve(cfg.hparams)
+
+
+def trial_spec(config: dict) -> dict:
+    """{method, lr, seed, hparams} of a Tune trial config: a grid entry under "trial", or the flat
+    keys of an Optuna trial ("method", "<method>/lr", "<method>/<hyperparameter>")."""
+    if "trial" in config:
+        return config["trial"]
+    method = config["method"]
+    own = {k.split("/", 1)[1]: v for k, v in config.items() if k.startswith(method + "/")}
+    lr = own.pop("lr")
+    return dict(method=method, lr=lr, seed=config.get("seed", 0), hparams=own)

@@ -1,0 +1,321 @@
+"""Sweeps on Ray Tune: the plan, the trial function, progress, and the Tuner run.
+
+Each trial trains one (method, lr, seed, hyperparameters) config, reports validation loss at
+every interval, then is scored by lm-eval. MLflow records are written from the driver."""
+
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from ray.tune import Callback
+
+import methods
+from harness import spaces, tracking
+from harness.config import PRESETS, TrialConfig, UsageError, positive, resolve, trial_spec
+
+DIVERGED = 1e9  # the objective of a diverged trial: worse than any real loss, still finite for MLflow
+PARAMS = {"tiny": 3.3e6, "smollm2-135m": 134.5e6, "Qwen/Qwen3-0.6B": 0.6e9,
+          "meta-llama/Llama-2-7b-hf": 6.74e9}
+
+
+@dataclass
+class SweepConfig:
+    methods: list
+    trial: TrialConfig              # template: everything but method, lr, seed, hparams
+    name: str = ""
+    search: str = "grid"            # grid | optuna
+    trials: int = 8                 # optuna trials per method
+    scheduler: str = "none"         # none | asha
+    seeds: int = 1
+    lrs: list = field(default_factory=list)
+    cpus_per_trial: float = 0
+    gpus_per_trial: float = 0
+    max_concurrent: int = 0
+    max_failures: int = 1
+    address: str = ""
+    storage: str = ""
+    tracking_uri: str = ""
+    resume: bool = False
+
+    @property
+    def path(self) -> Path:
+        return Path(self.storage) / self.name
+
+
+def prepare(sc: SweepConfig) -> list[dict]:
+    """Validate everything before anything starts; returns the grid plan (empty for optuna)."""
+    if sc.search not in ("grid", "optuna"):
+        raise UsageError(f"unknown search {sc.search!r}: use grid or optuna")
+    if sc.scheduler not in ("none", "asha"):
+        raise UsageError(f"unknown scheduler {sc.scheduler!r}: use none or asha")
+    for name in ("trials", "seeds"):
+        positive(f"--{name}", getattr(sc, name))
+    for name in ("cpus_per_trial", "gpus_per_trial", "max_concurrent", "max_failures"):
+        positive(f"--{name.replace('_', '-')}", getattr(sc, name), allow_zero=True)
+    sc.methods = [methods.get(m).name for m in sc.methods]
+    sc.trial = resolve(replace(sc.trial, method=sc.methods[0], lr=1.0, hparams={}))
+    sc.lrs = [positive("--lrs value", lr) for lr in sc.lrs] or spaces.ladder(sc.trial.preset)
+    sc.storage = sc.storage if "://" in sc.storage else str(Path(sc.storage or "runs").resolve())
+    sc.name = sc.name or f"{sc.trial.task}-{sc.trial.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    exists = (sc.path / "tuner.pkl").exists() if "://" not in sc.storage else sc.resume
+    if sc.resume and not exists:
+        raise UsageError(f"no sweep named {sc.name!r} under {sc.storage}: check --name/--storage, "
+                         f"or start it without --resume")
+    if exists and not sc.resume:
+        raise UsageError(f"sweep {sc.name!r} already exists under {sc.storage}: "
+                         f"use --resume {sc.name} to continue it, or another --name")
+    _check_gpus(sc)
+    sc.tracking_uri = tracking.resolve_uri(sc.tracking_uri, Path(sc.storage))
+    seeds = list(range(sc.trial.seed, sc.trial.seed + sc.seeds))
+    plan = spaces.plan(sc.methods, sc.trial.preset, sc.lrs, seeds)
+    for entry in plan:  # every method hyperparameter combination is valid for its method
+        resolve(TrialConfig(**{**asdict(sc.trial), **entry}))
+    return plan
+
+
+def _check_gpus(sc: SweepConfig):
+    if sc.gpus_per_trial and not sc.address and not os.environ.get("RAY_ADDRESS"):
+        import torch
+        if torch.cuda.device_count() == 0:
+            raise UsageError(f"--gpus-per-trial {sc.gpus_per_trial:g} but this machine has no GPU: "
+                             f"use --gpus-per-trial 0, or --address of a cluster with GPUs")
+
+
+def describe(sc: SweepConfig, plan: list[dict]) -> str:
+    """The dry-run text: trials, resources, and a rough compute estimate."""
+    t = sc.trial
+    lines = [f"sweep {sc.name}: task {t.task}, preset {t.preset}, model {t.model}, search {sc.search}, "
+             f"scheduler {sc.scheduler}", f"storage {sc.path}"]
+    count = len(plan) if sc.search == "grid" else sc.trials * len(sc.methods)
+    if sc.search == "grid":
+        for i, e in enumerate(plan, 1):
+            hp = " ".join(f"{k}={v}" for k, v in e["hparams"].items())
+            lines.append(f"  {i:>3}. {e['method']:<11} lr={e['lr']:<8g} seed={e['seed']} {hp}")
+    else:
+        lines.append(f"  {sc.trials} Optuna TPE trials per method over lr in "
+                     f"[{min(sc.lrs):g}, {max(sc.lrs):g}] and each method's grid values")
+    tokens = t.steps * t.batch_size * t.grad_accum * t.max_length
+    cpus, gpus = _resources(sc)
+    lines.append(f"resources per trial: {cpus:g} CPUs, {gpus:g} GPUs; concurrency: "
+                 f"{sc.max_concurrent or 'as resources allow'}")
+    params = PARAMS.get(t.model)
+    flops = f"{4 * params * tokens * count / 1e12:,.1f} TFLOP (4 x params x tokens)" if params else \
+        "unknown FLOPs (model size unknown)"
+    lines.append(f"compute: {count} trials x <= {tokens:,} training tokens = {flops}, "
+                 f"plus {t.eval_limit} GSM8K generations per trial")
+    return "\n".join(lines)
+
+
+def _resources(sc: SweepConfig) -> tuple[float, float]:
+    import torch
+    gpus = sc.gpus_per_trial
+    cpus = sc.cpus_per_trial or (4 if gpus else max(1, (os.cpu_count() or 1)))
+    return cpus, gpus if gpus else (1 if torch.cuda.is_available() and not sc.address else 0)
+
+
+def train_trial(config: dict, base: dict):
+    """The Tune trial: train, report every interval, score with lm-eval, report the final result."""
+    import ray.tune
+    import torch
+
+    from harness.train import run_trial
+    torch.set_num_threads(max(1, int(base["cpus"])))  # Ray may cap threads at 1 otherwise
+    spec = trial_spec(config)
+    out = ray.tune.get_context().get_trial_dir()
+    cfg = resolve(TrialConfig(**{**base["trial"], **spec, "out": out}))
+    last = {"val_loss": None}
+
+    def report(point):
+        last["val_loss"] = point.get("val_loss", last["val_loss"])
+        diverged = "val_loss" not in point
+        ray.tune.report({**point, "val_loss": last["val_loss"], "status": "diverged" if diverged else "running",
+                         "objective": DIVERGED if diverged else point["val_loss"]})
+
+    result = run_trial(cfg, report=report)
+    scores = {}
+    if result["status"] == "finished" and cfg.eval_limit:
+        scores = score(cfg)
+    objective = result["val_loss"] if result["status"] == "finished" else DIVERGED
+    ray.tune.report({**{k: v for k, v in result.items() if v is not None}, **scores,
+                     "final": 1, "objective": objective})
+
+
+def score(cfg: TrialConfig) -> dict:
+    """lm-eval on the saved adapter applied to a fresh original base (what a user would load)."""
+    from peft import PeftModel
+
+    from harness.evaluate import evaluate
+    from harness.model import load, pick_device, pick_dtype
+    device = pick_device(cfg.device)
+    base, tok = load(cfg.model, device, pick_dtype(device, cfg.dtype), cfg.trust_remote_code)
+    model = PeftModel.from_pretrained(base, str(Path(cfg.out, "adapter"))).merge_and_unload()
+    return evaluate(model, tok, task=cfg.task, data_dir=cfg.data_dir, limit=cfg.eval_limit,
+                    batch_size=max(cfg.batch_size, 8), out_dir=cfg.out)
+
+
+def optuna_space(sc: SweepConfig, grids: dict):
+    """Define-by-run space: methods take turns, so each gets the same number of TPE trials, and
+    each method's parameters have their own names, so TPE models every method separately."""
+    low, high = min(sc.lrs), max(sc.lrs)
+
+    def define(trial):
+        method = sc.methods[trial.number % len(sc.methods)]
+        trial.suggest_float(f"{method}/lr", low, high, log=True)
+        fixed = {"method": method}
+        for key, values in grids[method].items():
+            if len(values) > 1:
+                trial.suggest_categorical(f"{method}/{key}", values)
+            else:
+                fixed[f"{method}/{key}"] = values[0]
+        return fixed
+    return define
+
+
+def build_tuner(sc: SweepConfig, plan: list[dict], parent_id: str):
+    from ray import tune
+    cpus, gpus = _resources(sc)
+    template = {k: v for k, v in asdict(sc.trial).items() if k not in ("method", "lr", "seed", "hparams", "out")}
+    base = {"trial": template, "cpus": cpus}
+    trainable = tune.with_resources(tune.with_parameters(train_trial, base=base), {"cpu": cpus, "gpu": gpus})
+    if sc.resume:
+        return tune.Tuner.restore(str(sc.path), trainable, resume_errored=True)
+    total = len(plan) if sc.search == "grid" else sc.trials * len(sc.methods)
+    callbacks = [tracking.Tracker(sc.tracking_uri, sc.trial.task, sc.name, parent_id), Progress(total)]
+    tune_config = dict(metric="objective", mode="min", max_concurrent_trials=sc.max_concurrent or None)
+    if sc.search == "grid":
+        param_space = {"trial": tune.grid_search(plan)}
+    else:
+        from ray.tune.search.optuna import OptunaSearch
+        grids = {m: (spaces.load()[m].get(sc.trial.preset) or spaces.load()[m].get("grid", {}))
+                 for m in sc.methods}
+        param_space = {}
+        tune_config.update(num_samples=total, search_alg=OptunaSearch(
+            space=optuna_space(sc, grids), seed=sc.trial.seed))
+    if sc.scheduler == "asha":
+        from ray.tune.schedulers import ASHAScheduler
+        reports = sc.trial.steps // sc.trial.eval_interval + 2
+        tune_config["scheduler"] = ASHAScheduler(max_t=reports, grace_period=max(1, reports // 3),
+                                                 reduction_factor=2)
+    run_config = tune.RunConfig(name=sc.name, storage_path=sc.storage, verbose=0, callbacks=callbacks,
+                                failure_config=tune.FailureConfig(max_failures=sc.max_failures))
+    return tune.Tuner(trainable, param_space=param_space, tune_config=tune.TuneConfig(**tune_config),
+                      run_config=run_config)
+
+
+def start_ray(sc: SweepConfig):
+    import ray
+    import torch
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # no experiment banner: Progress reports instead
+    address = sc.address or os.environ.get("RAY_ADDRESS", "")
+    env = {k: v for k, v in os.environ.items() if k.startswith(("HARNESS_", "HF_", "MLFLOW_", "TRANSFORMERS_"))}
+    options = dict(log_to_driver=False, logging_level=logging.WARNING, runtime_env={"env_vars": env})
+    if not address:
+        ray.init(num_cpus=os.cpu_count(), num_gpus=torch.cuda.device_count(), include_dashboard=False,
+                 object_store_memory=256 * 2**20, **options)
+        return
+    try:
+        ray.init(address=address, **options)
+    except Exception as err:
+        raise UsageError(f"cannot reach the Ray cluster at {address} ({type(err).__name__}): "
+                         f"check --address / RAY_ADDRESS and that `ray start --head` runs there") from None
+    if sc.gpus_per_trial and not ray.cluster_resources().get("GPU"):
+        ray.shutdown()
+        raise UsageError(f"--gpus-per-trial {sc.gpus_per_trial:g} but the cluster at {address} has no GPUs")
+
+
+def log_to_file(path: Path):
+    """Library logging goes to <sweep>/harness.log, not the terminal."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    for name in ("", "ray", "ray.tune", "ray.train", "mlflow", "lm-eval", "lm_eval", "alembic"):
+        logger = logging.getLogger(name)
+        logger.handlers = [handler]
+        logger.propagate = name == ""
+
+
+def run(sc: SweepConfig, plan: list[dict]) -> list[dict]:
+    """Run (or resume) the sweep; returns one summary row per trial, also in <sweep>/results.json."""
+    import ray
+    params = {"methods": ",".join(sc.methods), **{k: v for k, v in asdict(sc).items()
+                                                  if k not in ("methods", "trial")},
+              **{f"trial.{k}": v for k, v in asdict(sc.trial).items() if k not in ("method", "lr", "seed")}}
+    parent_id = tracking.start_sweep(sc.tracking_uri, sc.trial.task, sc.name, params)
+    start_ray(sc)
+    log_to_file(sc.path / "harness.log")
+    status = "FAILED"
+    try:
+        grid = build_tuner(sc, plan, parent_id).fit()
+        rows = [summary_row(r) for r in grid]
+        status = "FINISHED"
+    finally:
+        tracking.finish_sweep(sc.tracking_uri, parent_id, status)
+        ray.shutdown()
+    rows.sort(key=lambda r: (r["method"], r["lr"], r["seed"]))
+    (sc.path / "results.json").write_text(json.dumps(rows, indent=2))
+    return rows
+
+
+def summary_row(result) -> dict:
+    metrics = result.metrics or {}
+    spec = trial_spec(result.config)
+    status = "failed" if result.error else metrics.get("status", "finished")
+    status = "stopped" if status == "running" else status
+    keys = ("val_loss", "val_loss_init", "gsm8k_strict", "gsm8k_flexible", "gsm8k_n", "step")
+    row = {**spec, "status": status, **{k: metrics.get(k) for k in keys}}
+    if result.error:
+        row["error"] = str(result.error).strip().splitlines()[-1][:300]
+    return row
+
+
+def table(rows: list[dict]) -> str:
+    def fmt(v, spec):
+        return format(v, spec) if isinstance(v, (int, float)) else "-"
+    lines = [f"{'method':<11} {'lr':>8} {'seed':>4} {'status':<9} {'val_loss':>8} {'strict':>6} {'flex':>6}  hparams"]
+    for r in rows:
+        hp = " ".join(f"{k}={v}" for k, v in r["hparams"].items())
+        lines.append(f"{r['method']:<11} {r['lr']:>8g} {r['seed']:>4} {r['status']:<9} "
+                     f"{fmt(r['val_loss'], '8.4f')} {fmt(r['gsm8k_strict'], '6.3f')} "
+                     f"{fmt(r['gsm8k_flexible'], '6.3f')}  {hp}")
+    return "\n".join(lines)
+
+
+class Progress(Callback):
+    """One compact live status line: counts by state and the best trial so far per method."""
+
+    def __init__(self, total: int):
+        self.total, self.state, self.best, self.shown = total, {}, {}, ""
+        self.tty = sys.stdout.isatty()
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.state[trial.trial_id] = "running"
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if result.get("status") == "diverged":
+            self.state[trial.trial_id] = "diverged"
+        if result.get("final") and result.get("status") == "finished":
+            spec = trial_spec(trial.config)
+            best = self.best.get(spec["method"])
+            if best is None or result["val_loss"] < best[0]:
+                self.best[spec["method"]] = (result["val_loss"], spec["lr"])
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        if self.state.get(trial.trial_id) != "diverged":
+            self.state[trial.trial_id] = "done"
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.state[trial.trial_id] = "failed"
+
+    def on_step_end(self, iteration, trials, **info):
+        counts = {s: sum(v == s for v in self.state.values()) for s in ("done", "running", "failed", "diverged")}
+        best = " · ".join(f"{m} {v:.3f}@{lr:g}" for m, (v, lr) in sorted(self.best.items()))
+        line = (f"trials {counts['done'] + counts['failed'] + counts['diverged']}/{self.total}: "
+                f"{counts['done']} done, {counts['running']} running, {counts['failed']} failed, "
+                f"{counts['diverged']} diverged" + (f" | best val_loss: {best}" if best else ""))
+        if line != self.shown:
+            print(("\r" + line + " " * 8) if self.tty else line, end="" if self.tty else "\n", flush=True)
+            self.shown = line

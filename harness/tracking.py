@@ -1,0 +1,183 @@
+"""MLflow tracking: one experiment per task, a parent run per sweep, a child run per trial.
+
+Everything is written from the driver (a Ray Tune callback), because SQLite wants one writer.
+Runs are found again by tags (harness.sweep, harness.trial_id), so a resumed sweep reuses its
+parent run and never records a trial twice."""
+
+import os
+import platform
+import re
+import subprocess
+import time
+import urllib.request
+from importlib import metadata
+from pathlib import Path
+
+from ray.tune import Callback
+
+import methods
+from harness.config import UsageError, trial_spec
+
+STEP_METRICS = ("train_loss", "val_loss", "lr", "tokens_per_s", "peak_mem_mb")
+FINAL_METRICS = ("val_loss_init", "best_val_loss", "step_seconds", "grad_seconds", "grad_peak_mb",
+                 "init_seconds", "gsm8k_strict", "gsm8k_strict_stderr", "gsm8k_flexible",
+                 "gsm8k_flexible_stderr", "gsm8k_n", "eval_seconds")
+PACKAGES = ("torch", "transformers", "peft", "ray", "optuna", "lm_eval", "mlflow", "datasets")
+
+
+def redact(uri: str) -> str:
+    """The URI without a password (user:secret@host -> user:***@host)."""
+    return re.sub(r"(//[^/:@]+:)[^/@]+@", r"\1***@", uri)
+
+
+def resolve_uri(uri: str, root: Path) -> str:
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not uri:
+        return f"sqlite:///{(root / 'mlflow.db').resolve()}"
+    if uri.startswith(("http://", "https://")):
+        try:
+            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5)
+        except Exception:
+            raise UsageError(f"tracking server {redact(uri)} is unreachable: start it "
+                             f"(mlflow server) or pass another --tracking-uri") from None
+    return uri
+
+
+def client(uri: str):
+    from mlflow.tracking import MlflowClient
+    return MlflowClient(tracking_uri=uri)
+
+
+def experiment_id(mlf, task: str) -> str:
+    found = mlf.get_experiment_by_name(task)
+    return found.experiment_id if found else mlf.create_experiment(task)
+
+
+def find_run(mlf, exp_id: str, **tags) -> str | None:
+    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    runs = mlf.search_runs([exp_id], filter_string=query, max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def environment() -> dict:
+    tags = {f"version.{p}": _version(p) for p in PACKAGES}
+    tags["git_commit"] = _git_commit()
+    tags["hardware"] = _hardware()
+    return tags
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package.replace("_", "-"))
+    except metadata.PackageNotFoundError:
+        return "missing"
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).parent).stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def _hardware() -> str:
+    import torch
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return f"{platform.machine()}, {os.cpu_count()} CPUs" + (f", GPUs: {', '.join(gpus)}" if gpus else "")
+
+
+def start_sweep(uri: str, task: str, name: str, params: dict) -> str:
+    """The parent run of a sweep (reused when resuming), with its config and environment."""
+    mlf = client(uri)
+    exp = experiment_id(mlf, task)
+    run_id = find_run(mlf, exp, **{"harness.sweep": name, "harness.kind": "sweep"})
+    if run_id is None:
+        run = mlf.create_run(exp, run_name=name, tags={"harness.sweep": name, "harness.kind": "sweep",
+                                                        **environment()})
+        run_id = run.info.run_id
+        for key, value in params.items():
+            mlf.log_param(run_id, key, str(value)[:6000])
+    else:
+        mlf.update_run(run_id, status="RUNNING")
+    return run_id
+
+
+def finish_sweep(uri: str, run_id: str, status: str = "FINISHED"):
+    client(uri).set_terminated(run_id, status)
+
+
+class Tracker(Callback):
+    """Mirrors every trial into a child run: params, metric histories, status, artifacts."""
+
+    def __init__(self, uri: str, task: str, sweep: str, parent_id: str):
+        self.uri, self.task, self.sweep, self.parent_id = uri, task, sweep, parent_id
+        self.runs, self.last = {}, {}
+
+    def __getstate__(self):  # Tune pickles callbacks with the experiment; clients do not pickle
+        return {k: v for k, v in self.__dict__.items() if k not in ("_mlf", "runs")} | {"runs": {}}
+
+    @property
+    def mlf(self):
+        if "_mlf" not in self.__dict__:
+            self._mlf = client(self.uri)
+            self.exp = experiment_id(self._mlf, self.task)
+        return self._mlf
+
+    def run_of(self, trial) -> str:
+        if trial.trial_id not in self.runs:
+            mlf = self.mlf
+            tags = {"harness.sweep": self.sweep, "harness.trial_id": trial.trial_id}
+            run_id = find_run(mlf, self.exp, **tags)
+            if run_id is None:
+                cfg = trial_spec(trial.config)
+                name = f"{cfg['method']} lr={cfg['lr']:g} seed={cfg['seed']}"
+                run_id = mlf.create_run(self.exp, run_name=name, tags={
+                    **tags, "mlflow.parentRunId": self.parent_id, "method": cfg["method"],
+                    "status": "running"}).info.run_id
+                self._log_params(run_id, cfg)
+            self.runs[trial.trial_id] = run_id
+        return self.runs[trial.trial_id]
+
+    def _log_params(self, run_id, cfg):
+        from mlflow.entities import Param
+        hparams = methods.get(cfg["method"]).resolve(cfg["hparams"])  # rank, alpha, ... too
+        params = {"method": cfg["method"], "lr": cfg["lr"], "seed": cfg["seed"], **hparams}
+        self.mlf.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.run_of(trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        from mlflow.entities import Metric
+        run_id, now = self.run_of(trial), int(time.time() * 1000)
+        keys = FINAL_METRICS if result.get("final") else STEP_METRICS
+        metrics = [Metric(k, float(result[k]), now, int(result["step"]))
+                   for k in keys if isinstance(result.get(k), (int, float))]
+        if metrics:
+            self.mlf.log_batch(run_id, metrics=metrics)
+        self.last[trial.trial_id] = result
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        run_id = self.run_of(trial)
+        status = self.last.get(trial.trial_id, {}).get("status", "finished")
+        status = "stopped" if status == "running" else status  # early-stopped by the scheduler
+        self.mlf.set_tag(run_id, "status", status)
+        for name in ("adapter", "gsm8k_samples.jsonl", "metrics.json"):
+            path = Path(trial.local_path or "", name)
+            if path.is_dir():
+                self.mlf.log_artifacts(run_id, str(path), name)
+            elif path.is_file():
+                self.mlf.log_artifact(run_id, str(path))
+        self.mlf.set_terminated(run_id, "FINISHED")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        run_id = self.run_of(trial)
+        self.mlf.set_tag(run_id, "status", "failed")
+        self.mlf.set_tag(run_id, "error", _error_text(trial)[-4000:])
+        self.mlf.set_terminated(run_id, "FAILED")
+
+
+def _error_text(trial) -> str:
+    path = trial.error_file
+    return Path(path).read_text() if path and Path(path).is_file() else "unknown error"
