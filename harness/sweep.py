@@ -157,22 +157,24 @@ def score(cfg: TrialConfig) -> dict:
                     batch_size=max(cfg.batch_size, 8), out_dir=cfg.out)
 
 
-def optuna_space(sc: SweepConfig, grids: dict):
+class OptunaSpace:
     """Define-by-run space: methods take turns, so each gets the same number of TPE trials, and
-    each method's parameters have their own names, so TPE models every method separately."""
-    low, high = min(sc.lrs), max(sc.lrs)
+    each method's parameters have their own names, so TPE models every method separately.
+    A class, not a closure: Tune pickles the searcher with the experiment."""
 
-    def define(trial):
-        method = sc.methods[trial.number % len(sc.methods)]
-        trial.suggest_float(f"{method}/lr", low, high, log=True)
+    def __init__(self, method_names: list[str], lrs: list[float], grids: dict):
+        self.methods, self.low, self.high, self.grids = method_names, min(lrs), max(lrs), grids
+
+    def __call__(self, trial):
+        method = self.methods[trial.number % len(self.methods)]
+        trial.suggest_float(f"{method}/lr", self.low, self.high, log=True)
         fixed = {"method": method}
-        for key, values in grids[method].items():
+        for key, values in self.grids[method].items():
             if len(values) > 1:
                 trial.suggest_categorical(f"{method}/{key}", values)
             else:
                 fixed[f"{method}/{key}"] = values[0]
         return fixed
-    return define
 
 
 def build_tuner(sc: SweepConfig, plan: list[dict], parent_id: str):
@@ -185,21 +187,22 @@ def build_tuner(sc: SweepConfig, plan: list[dict], parent_id: str):
         return tune.Tuner.restore(str(sc.path), trainable, resume_errored=True)
     total = len(plan) if sc.search == "grid" else sc.trials * len(sc.methods)
     callbacks = [tracking.Tracker(sc.tracking_uri, sc.trial.task, sc.name, parent_id), Progress(total)]
-    tune_config = dict(metric="objective", mode="min", max_concurrent_trials=sc.max_concurrent or None)
+    tune_config = dict(max_concurrent_trials=sc.max_concurrent or None)
+    objective = dict(metric="objective", mode="min")  # given to the searcher and scheduler themselves
     if sc.search == "grid":
         param_space = {"trial": tune.grid_search(plan)}
     else:
         from ray.tune.search.optuna import OptunaSearch
-        grids = {m: (spaces.load()[m].get(sc.trial.preset) or spaces.load()[m].get("grid", {}))
-                 for m in sc.methods}
+        loaded = spaces.load()
+        grids = {m: loaded[m].get(sc.trial.preset, loaded[m].get("grid", {})) for m in sc.methods}
         param_space = {}
         tune_config.update(num_samples=total, search_alg=OptunaSearch(
-            space=optuna_space(sc, grids), seed=sc.trial.seed))
+            space=OptunaSpace(sc.methods, sc.lrs, grids), seed=sc.trial.seed, **objective))
     if sc.scheduler == "asha":
         from ray.tune.schedulers import ASHAScheduler
         reports = sc.trial.steps // sc.trial.eval_interval + 2
         tune_config["scheduler"] = ASHAScheduler(max_t=reports, grace_period=max(1, reports // 3),
-                                                 reduction_factor=2)
+                                                 reduction_factor=2, **objective)
     run_config = tune.RunConfig(name=sc.name, storage_path=sc.storage, verbose=0, callbacks=callbacks,
                                 failure_config=tune.FailureConfig(max_failures=sc.max_failures))
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune.TuneConfig(**tune_config),

@@ -10,7 +10,7 @@ import math
 import torch
 
 from methods import register
-from methods._base import Method, lora_layers, set_factors
+from methods._base import Method, lora_layers, set_factors, top_svd
 
 
 def init_factors(weight: torch.Tensor, grad: torch.Tensor, *, rank: int, scaling: float,
@@ -19,7 +19,7 @@ def init_factors(weight: torch.Tensor, grad: torch.Tensor, *, rank: int, scaling
     m, n = weight.shape
     if 2 * rank > min(m, n):
         raise ValueError(f"LoRA-GA needs 2*rank <= min(m, n); got rank {rank} for a {m}x{n} layer")
-    U, _, V = torch.svd_lowrank(grad.float(), q=min(4 * rank, m, n), niter=4)
+    U, _, V = top_svd(grad.float(), q=min(4 * rank, m, n), niter=4)
     c = m ** 0.25 / math.sqrt(gamma)
     A = V[:, :rank].T.contiguous() * c
     B = U[:, rank:2 * rank].contiguous() * c

@@ -12,14 +12,14 @@ import math
 import torch
 
 from methods import register
-from methods._base import Method, lora_layers, riemannian_optimizer, set_factors
+from methods._base import Method, lora_layers, riemannian_optimizer, set_factors, top_svd
 
 
 def init_factors(weight: torch.Tensor, grad: torch.Tensor, *, rank: int, scaling: float,
                  gamma: float = 128) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(A r×n fp32, B m×r fp32, the unchanged weight) for one m×n layer."""
     m, n = weight.shape
-    U, S, V = torch.svd_lowrank(-grad.float(), q=min(512, m, n), niter=16)
+    U, S, V = top_svd(-grad.float(), q=min(512, m, n), niter=16)
     root = S[:rank].sqrt() / math.sqrt(S[0].item() * gamma)
     B = U[:, :rank] * root
     A = (V[:, :rank] * root).T.contiguous()

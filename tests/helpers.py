@@ -1,0 +1,22 @@
+"""Running the CLI as a user would, and reading what a sweep left in MLflow."""
+
+import os
+import subprocess
+import sys
+
+
+def run_cli(*args, timeout=900, **popen):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "harness.cli", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, env=env, **popen)
+
+
+def sweep_runs(db_path, sweep: str):
+    """(parent run, child runs) of a sweep in an SQLite MLflow store."""
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient(f"sqlite:///{db_path}")
+    exp = client.get_experiment_by_name("gsm8k")
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`harness.sweep` = '{sweep}'")
+    parents = [r for r in runs if r.data.tags.get("harness.kind") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
+    return client, parents, children
