@@ -1,4 +1,4 @@
-"""Command line: `harness methods`, `harness trial`, `harness run`, `harness ui`."""
+"""Command line: `harness methods`, `trial`, `run`, `report`, `nightly`, `ui`."""
 
 import argparse
 import json
@@ -104,6 +104,7 @@ def parse_lrs(text: str) -> list:
 
 def cmd_run(args):
     from harness import sweep, tracking
+    from harness.report import report
     names = methods_list(args.methods)
     sc = sweep.SweepConfig(
         methods=names, trial=config_from(args, method=names[0], lr=1.0, seed=args.seed),
@@ -122,6 +123,58 @@ def cmd_run(args):
     rows = sweep.run(sc, plan)
     print("\n" + sweep.table(rows))
     print(f"results: {sc.path / 'results.json'}")
+    print(f"report: {report(sc.tracking_uri, sc.trial.task, sc.name, sc.path)}")
+    return 0
+
+
+def cmd_nightly(args):
+    from dataclasses import fields
+
+    from harness import nightly, sweep, tracking
+    from harness.report import analysis_of, publish
+    suite = nightly.load_suite(args.config)
+    overrides = suite.get("overrides") or {}
+    allowed = {f.name for f in fields(TrialConfig)} - {"method", "lr", "task", "preset", "data_dir", "hparams"}
+    unknown = sorted(set(overrides) - allowed)
+    if unknown:
+        raise UsageError(f"nightly config {args.config}: unknown override {unknown[0]!r}: use {', '.join(sorted(allowed))}")
+    methods = suite["methods"]
+    names = methods_list(methods if isinstance(methods, str) else ",".join(map(str, methods)))
+    trial = TrialConfig(method=names[0], lr=1.0, task=suite["task"], preset=suite["preset"],
+                        data_dir=suite.get("data_dir", ""), **overrides)
+    sc = sweep.SweepConfig(
+        methods=names, trial=trial, name=f"{suite['suite']}-{nightly.stamp()}", lrs=suite.get("lrs", []),
+        seeds=suite.get("seeds", 1), search=suite.get("search", "grid"), storage=suite.get("storage", ""),
+        tracking_uri=suite.get("tracking_uri", ""), address=suite.get("address", ""),
+        cpus_per_trial=suite.get("cpus_per_trial", 0), gpus_per_trial=suite.get("gpus_per_trial", 0))
+    plan = sweep.prepare(sc)
+    print(f"nightly {suite['suite']}: sweep {sc.name}, {len(plan)} trials", flush=True)
+    sweep.run(sc, plan, tags={"harness.suite": suite["suite"]})
+    options = dict(metric=suite["metric"], loss_tol=suite["loss_tol"], acc_tol=suite["acc_tol"])
+    parent, rows, now = analysis_of(sc.tracking_uri, trial.task, sc.name, **options)
+    mlf = tracking.client(sc.tracking_uri)
+    names_before = [n for n in nightly.recent_nights(mlf, tracking.experiment_id(mlf, trial.task), suite["suite"])
+                    if n != sc.name]
+    nights = [(n, analysis_of(sc.tracking_uri, trial.task, n, **options)[2]) for n in reversed(names_before)]
+    previous = names_before[0] if names_before else None
+    found = nightly.regressions(now, nights[-1][1]) if previous else []
+    section = nightly.since_last_night(previous, found, nights + [(sc.name, now)])
+    page = publish(sc.tracking_uri, parent, now, rows, sc.path / "report", f"Nightly {suite['suite']}: {sc.name}",
+                   [section])
+    mlf.set_tag(parent, "harness.regressions", str(len(found)))
+    print(section[2])
+    print(f"report: {page}")
+    return 1 if found else 0
+
+
+def cmd_report(args):
+    from harness.report import report
+    from harness.tracking import resolve_uri
+    storage = Path(args.storage or "runs").resolve()
+    uri = resolve_uri(args.tracking_uri, storage)
+    options = dict(metric=args.metric, loss_tol=args.loss_tol, acc_tol=args.acc_tol,
+                   reference_lr=args.reference_lr, target_loss=args.target_loss)
+    print(report(uri, args.task, args.name, storage / args.name, **options))
     return 0
 
 
@@ -186,6 +239,24 @@ def build_parser() -> Parser:
     run = sub.add_parser("run", help="sweep methods over learning rates on Ray Tune, tracked in MLflow")
     add_run_options(run)
     add_trial_options(run)
+    report = sub.add_parser("report", help="learning-rate robustness report of a recorded sweep")
+    report.add_argument("name", help="sweep name (see the sweep folders under --storage)")
+    report.add_argument("--task", default="gsm8k", help="task of the sweep (default: gsm8k)")
+    report.add_argument("--storage", default="", help="sweeps folder (default: ./runs)")
+    report.add_argument("--tracking-uri", default="", help="MLflow URI (default: as for harness run)")
+    report.add_argument("--metric", default="auto", choices=("auto", "val_loss", "accuracy"),
+                        help="score: auto = accuracy when >= 200 GSM8K questions were scored, else val_loss")
+    report.add_argument("--loss-tol", type=parse_number, default=0.05,
+                        help="robust window: val loss within this fraction of the best (default: 0.05)")
+    report.add_argument("--acc-tol", type=parse_number, default=0.02,
+                        help="robust window: accuracy within this much of the best (default: 0.02 = 2 points)")
+    report.add_argument("--reference-lr", type=parse_number, default=None,
+                        help="shared reference learning rate (default: LoRA's best)")
+    report.add_argument("--target-loss", type=parse_number, default=None,
+                        help="convergence target val loss (default: LoRA's final loss at its best lr)")
+    nightly = sub.add_parser("nightly", help="run a nightly suite and compare it with the last night; "
+                             "exit code 1 on a regression")
+    nightly.add_argument("--config", required=True, help="suite YAML (see examples/nightly/)")
     ui = sub.add_parser("ui", help="start the MLflow UI on the sweeps' tracking store")
     ui.add_argument("--tracking-uri", default="", help="MLflow URI (default: as for harness run)")
     ui.add_argument("--storage", default="", help="sweeps folder whose store to show (default: ./runs)")
@@ -194,7 +265,9 @@ def build_parser() -> Parser:
     return parser
 
 
-COMMANDS = {"methods": cmd_methods, "trial": cmd_trial, "run": cmd_run, "ui": cmd_ui}
+COMMANDS = {"methods": cmd_methods, "trial": cmd_trial, "run": cmd_run, "report": cmd_report,
+            "nightly": cmd_nightly,
+            "ui": cmd_ui}
 
 
 def main(argv=None) -> int:

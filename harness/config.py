@@ -113,10 +113,12 @@ def validate(cfg: TrialConfig):
 
 def trial_spec(config: dict) -> dict:
     """{method, lr, seed, hparams} of a Tune trial config: a grid entry under "trial", or the flat
-    keys of an Optuna trial ("method", "<method>/lr", "<method>/<hyperparameter>")."""
+    keys of an Optuna trial ("method", "<method>/lr", "<method>/<hyperparameter>"), which Ray
+    may have unflattened into {"<method>": {"lr": ...}}."""
     if "trial" in config:
         return config["trial"]
     method = config["method"]
-    own = {k.split("/", 1)[1]: v for k, v in config.items() if k.startswith(method + "/")}
+    own = dict(config.get(method, {}))
+    own.update({k.split("/", 1)[1]: v for k, v in config.items() if k.startswith(method + "/")})
     lr = own.pop("lr")
     return dict(method=method, lr=lr, seed=config.get("seed", 0), hparams=own)

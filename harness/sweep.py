@@ -59,9 +59,12 @@ def prepare(sc: SweepConfig) -> list[dict]:
     sc.methods = [methods.get(m).name for m in sc.methods]
     sc.trial = resolve(replace(sc.trial, method=sc.methods[0], lr=1.0, hparams={}))
     sc.lrs = [positive("--lrs value", lr) for lr in sc.lrs] or spaces.ladder(sc.trial.preset)
-    sc.storage = sc.storage if "://" in sc.storage else str(Path(sc.storage or "runs").resolve())
+    if "://" in sc.storage:
+        raise UsageError(f"--storage {sc.storage} is a URI: pass a folder (on clusters, a folder "
+                         f"on a file system shared by every node)")
+    sc.storage = str(Path(sc.storage or "runs").resolve())
     sc.name = sc.name or f"{sc.trial.task}-{sc.trial.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
-    exists = (sc.path / "tuner.pkl").exists() if "://" not in sc.storage else sc.resume
+    exists = (sc.path / "tuner.pkl").exists()
     if sc.resume and not exists:
         raise UsageError(f"no sweep named {sc.name!r} under {sc.storage}: check --name/--storage, "
                          f"or start it without --resume")
@@ -125,7 +128,8 @@ def train_trial(config: dict, base: dict):
     from harness.train import run_trial
     torch.set_num_threads(max(1, int(base["cpus"])))  # Ray may cap threads at 1 otherwise
     spec = trial_spec(config)
-    out = ray.tune.get_context().get_trial_dir()
+    # Under the sweep folder, not Ray's trial dir: on a cluster that one is on the worker's disk.
+    out = str(Path(base["sweep_dir"], "trials", ray.tune.get_context().get_trial_name()))
     cfg = resolve(TrialConfig(**{**base["trial"], **spec, "out": out}))
     last = {"val_loss": None}
 
@@ -141,7 +145,7 @@ def train_trial(config: dict, base: dict):
         scores = score(cfg)
     objective = result["val_loss"] if result["status"] == "finished" else DIVERGED
     ray.tune.report({**{k: v for k, v in result.items() if v is not None}, **scores,
-                     "final": 1, "objective": objective})
+                     "final": 1, "objective": objective, "out": out})
 
 
 def score(cfg: TrialConfig) -> dict:
@@ -181,7 +185,7 @@ def build_tuner(sc: SweepConfig, plan: list[dict], parent_id: str):
     from ray import tune
     cpus, gpus = _resources(sc)
     template = {k: v for k, v in asdict(sc.trial).items() if k not in ("method", "lr", "seed", "hparams", "out")}
-    base = {"trial": template, "cpus": cpus}
+    base = {"trial": template, "cpus": cpus, "sweep_dir": str(sc.path)}
     trainable = tune.with_resources(tune.with_parameters(train_trial, base=base), {"cpu": cpus, "gpu": gpus})
     if sc.resume:
         return tune.Tuner.restore(str(sc.path), trainable, resume_errored=True)
@@ -241,14 +245,15 @@ def log_to_file(path: Path):
         logger.propagate = name == ""
 
 
-def run(sc: SweepConfig, plan: list[dict]) -> list[dict]:
+def run(sc: SweepConfig, plan: list[dict], tags: dict | None = None) -> list[dict]:
     """Run (or resume) the sweep; returns one summary row per trial, also in <sweep>/results.json."""
     import ray
     params = {"methods": ",".join(sc.methods), **{k: v for k, v in asdict(sc).items()
                                                   if k not in ("methods", "trial")},
               **{f"trial.{k}": v for k, v in asdict(sc.trial).items() if k not in ("method", "lr", "seed")}}
-    parent_id = tracking.start_sweep(sc.tracking_uri, sc.trial.task, sc.name, params)
-    start_ray(sc)
+    params["tracking_uri"] = tracking.redact(sc.tracking_uri)
+    start_ray(sc)  # first: an unreachable cluster must leave no MLflow run behind
+    parent_id = tracking.start_sweep(sc.tracking_uri, sc.trial.task, sc.name, params, tags or {})
     log_to_file(sc.path / "harness.log")
     status = "FAILED"
     try:

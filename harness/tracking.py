@@ -50,7 +50,13 @@ def client(uri: str):
 
 def experiment_id(mlf, task: str) -> str:
     found = mlf.get_experiment_by_name(task)
-    return found.experiment_id if found else mlf.create_experiment(task)
+    if found:
+        return found.experiment_id
+    uri = mlf.tracking_uri
+    # A SQLite store would put artifacts in ./mlruns of whatever folder the driver runs in.
+    artifacts = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri() \
+        if uri.startswith("sqlite:///") else None
+    return mlf.create_experiment(task, artifact_location=artifacts)
 
 
 def find_run(mlf, exp_id: str, **tags) -> str | None:
@@ -87,14 +93,14 @@ def _hardware() -> str:
     return f"{platform.machine()}, {os.cpu_count()} CPUs" + (f", GPUs: {', '.join(gpus)}" if gpus else "")
 
 
-def start_sweep(uri: str, task: str, name: str, params: dict) -> str:
+def start_sweep(uri: str, task: str, name: str, params: dict, tags: dict | None = None) -> str:
     """The parent run of a sweep (reused when resuming), with its config and environment."""
     mlf = client(uri)
     exp = experiment_id(mlf, task)
     run_id = find_run(mlf, exp, **{"harness.sweep": name, "harness.kind": "sweep"})
     if run_id is None:
         run = mlf.create_run(exp, run_name=name, tags={"harness.sweep": name, "harness.kind": "sweep",
-                                                        **environment()})
+                                                        **environment(), **(tags or {})})
         run_id = run.info.run_id
         for key, value in params.items():
             mlf.log_param(run_id, key, str(value)[:6000])
@@ -105,6 +111,50 @@ def start_sweep(uri: str, task: str, name: str, params: dict) -> str:
 
 def finish_sweep(uri: str, run_id: str, status: str = "FINISHED"):
     client(uri).set_terminated(run_id, status)
+
+
+def _value(text: str):
+    """A param string back to its type (MLflow stores params as text)."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return {"True": True, "False": False}.get(text, text)
+
+
+def sweep_rows(uri: str, task: str, name: str) -> tuple[str, dict, list[dict]]:
+    """(parent run id, parent params, one row per trial) of a recorded sweep, for reports."""
+    mlf = client(uri)
+    exp = mlf.get_experiment_by_name(task)
+    parent = find_run(mlf, exp.experiment_id, **{"harness.sweep": name, "harness.kind": "sweep"}) if exp else None
+    if parent is None:
+        raise UsageError(f"no sweep named {name!r} for task {task} in {redact(uri)}: "
+                         f"check the name, --task and --tracking-uri")
+    runs = mlf.search_runs([exp.experiment_id], max_results=50000,
+                           filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")
+    rows = {}
+    for run in sorted(runs, key=lambda r: r.info.start_time):
+        params = {k: _value(v) for k, v in run.data.params.items()}
+        method, lr, seed = params.pop("method"), float(params.pop("lr")), params.pop("seed")
+        history = {}
+        for point in sorted(mlf.get_metric_history(run.info.run_id, "val_loss"), key=lambda m: m.timestamp):
+            history[point.step] = point.value  # a resumed trial may log a step twice: keep the last
+        row = dict(method=method, lr=lr, seed=seed, hparams=params, history=sorted(history.items()),
+                   status=run.data.tags.get("status", "running"), error=run.data.tags.get("error"),
+                   **{k: run.data.metrics.get(k) for k in ("val_loss",) + FINAL_METRICS})
+        rows[(method, lr, seed, tuple(sorted(params.items())))] = row
+    return parent, mlf.get_run(parent).data.params, _searched_only(list(rows.values()))
+
+
+def _searched_only(rows: list[dict]) -> list[dict]:
+    """Keep in each row's hparams only those that vary among its method's trials."""
+    for method in {r["method"] for r in rows}:
+        mine = [r for r in rows if r["method"] == method]
+        fixed = {k for k in mine[0]["hparams"] if len({str(r["hparams"].get(k)) for r in mine}) == 1}
+        for r in mine:
+            r["hparams"] = {k: v for k, v in r["hparams"].items() if k not in fixed}
+    return rows
 
 
 class Tracker(Callback):
@@ -163,8 +213,9 @@ class Tracker(Callback):
         status = self.last.get(trial.trial_id, {}).get("status", "finished")
         status = "stopped" if status == "running" else status  # early-stopped by the scheduler
         self.mlf.set_tag(run_id, "status", status)
-        for name in ("adapter", "gsm8k_samples.jsonl", "metrics.json"):
-            path = Path(trial.local_path or "", name)
+        out = self.last.get(trial.trial_id, {}).get("out", "")
+        for name in ("adapter", "gsm8k_samples.jsonl", "metrics.json") if out else ():
+            path = Path(out, name)
             if path.is_dir():
                 self.mlf.log_artifacts(run_id, str(path), name)
             elif path.is_file():

@@ -90,11 +90,11 @@ def test_resume_after_the_driver_is_killed(tmp_path, data_dir):
     driver = subprocess.Popen([sys.executable, "-m", "harness.cli", *map(str, args)], start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
-    while not list(tmp_path.glob("killed/*/metrics.json")) and time.monotonic() < deadline:
+    while not list(tmp_path.glob("killed/trials/*/metrics.json")) and time.monotonic() < deadline:
         time.sleep(1)
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
     driver.wait()
-    assert list(tmp_path.glob("killed/*/metrics.json")), "no trial finished before the kill"
+    assert list(tmp_path.glob("killed/trials/*/metrics.json")), "no trial finished before the kill"
     proc = run_cli("run", "--resume", "killed", "--storage", tmp_path, "--preset", "smoke",
                    "--data-dir", data_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -1,0 +1,86 @@
+"""`harness report` on a fixture MLflow store whose scores are known, and the page in Chromium."""
+
+import json
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from helpers import run_cli
+
+LADDER = [1e-5, 1e-4, 1e-3, 1e-2]
+# Final val losses per method and lr; None = diverged. Known answers below.
+LOSSES = {"lora": [1.50, 1.00, 1.02, None], "pissa": [1.04, 1.00, 1.30, 1.40], "lora-one": [0.98, 0.97, None, None]}
+
+
+def make_store(db):
+    """A sweep recorded as the tracker records one: parent run, child runs, histories, tags."""
+    from mlflow.entities import Metric, Param
+    from mlflow.tracking import MlflowClient
+    mlf = MlflowClient(f"sqlite:///{db}")
+    exp = mlf.create_experiment("gsm8k", artifact_location=(db.parent / "artifacts").as_uri())
+    parent = mlf.create_run(exp, run_name="known", tags={"harness.sweep": "known", "harness.kind": "sweep"}).info.run_id
+    mlf.log_param(parent, "trial.eval_limit", "5")
+    now = int(time.time() * 1000)
+    for method, losses in LOSSES.items():
+        for lr, loss in zip(LADDER, losses):
+            run = mlf.create_run(exp, tags={"harness.sweep": "known", "mlflow.parentRunId": parent,
+                                            "status": "diverged" if loss is None else "finished"}).info.run_id
+            mlf.log_batch(run, params=[Param("method", method), Param("lr", str(lr)), Param("seed", "0"),
+                                       Param("rank", "8")])
+            curve = [2.0, 1.5, loss] if loss is not None else [2.0, 1.8]
+            mlf.log_batch(run, metrics=[Metric("val_loss", v, now, step * 10) for step, v in enumerate(curve)])
+            if loss is not None:
+                mlf.log_batch(run, metrics=[Metric("gsm8k_flexible", 0.1, now, 20)])
+            mlf.set_terminated(run)
+    mlf.set_terminated(parent)
+    return mlf, parent
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    root = tmp_path_factory.mktemp("store")
+    mlf, parent = make_store(root / "mlflow.db")
+    proc = run_cli("report", "known", "--storage", root)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return root, mlf, parent, proc
+
+
+def test_report_numbers_are_the_known_answers(report):
+    root, _, _, proc = report
+    assert proc.stdout.strip().endswith("known/report/report.html")
+    data = json.loads((root / "known" / "report" / "report.json").read_text())
+    m = data["methods"]
+    assert data["metric"] == "val_loss"  # eval_limit 5 < 200: val loss decides
+    assert m["lora"]["best_lr"] == 1e-4 and m["lora"]["best_score"] == 1.00
+    assert (m["lora"]["window"]["low"], m["lora"]["window"]["high"]) == (1e-4, 1e-3)  # 1.02 <= 1.05
+    assert m["lora"]["window"]["decades"] == pytest.approx(1.0)
+    assert (m["pissa"]["window"]["low"], m["pissa"]["window"]["high"]) == (1e-5, 1e-4)
+    assert m["lora-one"]["best_lr"] == 1e-4 and m["lora-one"]["diverged"] == 2
+    assert data["reference_lr"] == 1e-4  # LoRA's best
+    assert m["pissa"]["score_at_reference"] == 1.00
+    assert m["lora"]["steps_to_target"] == 20  # target = LoRA's best final loss 1.00, at step 20
+    assert [r["method"] for r in data["ranking"]] == ["lora-one", "lora", "pissa"]
+
+
+def test_report_is_attached_to_the_sweep_run(report):
+    _, mlf, parent, _ = report
+    names = sorted(a.path for a in mlf.list_artifacts(parent, "report"))
+    assert names == ["report/report.html", "report/report.json", "report/report.md"]
+
+
+def test_html_renders_with_all_plots_in_chromium(report, tmp_path):
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.fail("Chromium is needed for this test: .ci/install installs Debian's chromium")
+    page = (report[0] / "known" / "report" / "report.html").read_text()
+    probe = """<script>window.addEventListener('load', () => { const imgs = [...document.images];
+      document.body.insertAdjacentHTML('beforeend', '<p id="probe">images=' + imgs.length + ' loaded=' +
+      imgs.filter(i => i.complete && i.naturalWidth > 300).length + '</p>'); });</script>"""
+    (tmp_path / "probe.html").write_text(page.replace("</body>", probe + "</body>"))
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([browser, *flags, "--virtual-time-budget=5000", "--dump-dom",
+                          (tmp_path / "probe.html").as_uri()], capture_output=True, text=True, timeout=120).stdout
+    assert 'id="probe">images=3 loaded=3<' in dom

@@ -1,0 +1,195 @@
+"""Robustness reports on synthetic sweeps whose answers are known by construction."""
+
+import json
+import math
+
+import pytest
+
+from reports import analyze, write_report
+
+LADDER = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3]
+D, F = "diverged", "failed"
+DECADE_3X = math.log10(3)
+
+
+def trial(method, lr, seed=0, hparams=None, status="finished", history=(), **metrics):
+    row = {"method": method, "lr": lr, "seed": seed, "hparams": hparams or {}, "status": status,
+           "val_loss": None, "gsm8k_strict": None, "gsm8k_strict_stderr": None,
+           "gsm8k_flexible": None, "gsm8k_flexible_stderr": None, "history": [list(p) for p in history]}
+    if status == F:
+        row["error"] = "CUDA out of memory <rank 0>\nTraceback ..."
+    return row | metrics
+
+
+def ladder(method, losses, *, seed=0, shift=0.0, hparams=None, histories=None):
+    """One trial per rung of LADDER; D / F mark a diverged / failed trial."""
+    return [trial(method, lr, seed, hparams, status=v) if v in (D, F) else
+            trial(method, lr, seed, hparams, history=(histories or {}).get(lr, ()), val_loss=v + shift)
+            for lr, v in zip(LADDER, losses)]
+
+
+PISSA = [1.3, 0.98, 0.99, 1.0, 1.02, 1.6]
+LORA_GA = [1.2, 0.99, 1.1, 1.3, D, D]
+SWEEP = (
+    ladder("lora", [1.5, 1.2, 1.0, 1.03, 1.2, D], histories={1e-4: [(0, 1.9), (10, 1.5), (20, 1.2), (30, 1.0)]})
+    # pissa: a wide flat region; two seeds at -/+0.01 give std 0.01*sqrt(2) and se 0.01
+    + ladder("pissa", PISSA, seed=0, shift=-0.01, histories={3e-5: [(0, 1.9), (10, 1.0), (20, 0.97)]})
+    + ladder("pissa", PISSA, seed=1, shift=+0.01, histories={3e-5: [(0, 1.9), (10, 1.1), (20, 0.99)]})
+    # lora-ga: within noise of pissa, a one-rung window, both seeds diverge at the top
+    + ladder("lora-ga", LORA_GA, seed=0, shift=-0.01) + ladder("lora-ga", LORA_GA, seed=1, shift=+0.01)
+    # riemannian: two reg values, the better one is kept at each lr
+    + ladder("riemannian", [1.6, 1.3, 1.1, 1.05, 1.06, 1.2], hparams={"reg": 1e-6})
+    + ladder("riemannian", [1.5, 1.4, 1.08, 1.07, 1.04, D], hparams={"reg": 1e-4},
+             histories={1e-3: [(0, 1.9), (10, 1.3), (20, 1.04)]})
+    # lora-one: the crash at 3e-4 ends a window that would otherwise reach 1e-4 (1.03)
+    + ladder("lora-one", [1.4, 1.1, 1.03, F, 1.01, 1.02], histories={1e-3: [(0, 1.9), (10, 1.0), (20, 1.01)]})
+)
+
+
+@pytest.fixture(scope="module")
+def loss():
+    return analyze(SWEEP)
+
+
+def rung(analysis, method, lr):
+    return next(r for r in analysis["methods"][method]["rungs"] if r["lr"] == lr)
+
+
+@pytest.mark.parametrize("method,best_lr,best,low,high,decades", [
+    ("lora", 1e-4, 1.0, 1e-4, 3e-4, DECADE_3X),
+    ("pissa", 3e-5, 0.98, 3e-5, 1e-3, math.log10(1e-3 / 3e-5)),
+    ("lora-ga", 3e-5, 0.99, 3e-5, 3e-5, 0.0),
+    ("riemannian", 1e-3, 1.04, 1e-4, 1e-3, 1.0),
+    ("lora-one", 1e-3, 1.01, 1e-3, 3e-3, DECADE_3X),
+])
+def test_best_lr_and_robust_window(loss, method, best_lr, best, low, high, decades):
+    m = loss["methods"][method]
+    assert loss["ladder"] == LADDER
+    assert (m["best_lr"], m["window"]["low"], m["window"]["high"]) == (best_lr, low, high)
+    assert m["best_score"] == pytest.approx(best)
+    assert m["window"]["decades"] == pytest.approx(decades)
+
+
+def test_seeds_pool_into_mean_spread_and_se(loss):
+    r = rung(loss, "pissa", 3e-5)
+    assert r["n"] == 2 and r["status"] == "ok"
+    assert r["val_loss"] == pytest.approx(0.98)
+    assert r["val_loss_std"] == pytest.approx(0.01 * math.sqrt(2))
+    assert r["se"] == pytest.approx(0.01)
+    assert rung(loss, "lora", 1e-4)["se"] is None  # one seed: noise unknown
+
+
+def test_best_hparams_are_chosen_per_lr(loss):
+    rungs = loss["methods"]["riemannian"]["rungs"]
+    assert [r["hparams"]["reg"] for r in rungs] == [1e-4, 1e-6, 1e-4, 1e-6, 1e-4, 1e-6]
+    assert [r["score"] for r in rungs] == pytest.approx([1.5, 1.3, 1.08, 1.05, 1.04, 1.2])
+    top = rungs[-1]  # the other reg diverged here: counted, but the kept one is clean
+    assert (top["status"], top["combos"], top["diverged"]) == ("ok", 2, 1)
+    assert loss["methods"]["riemannian"]["best_hparams"] == {"reg": 1e-4}
+
+
+def test_diverged_and_failed_rungs_are_reported(loss):
+    top = rung(loss, "lora", 3e-3)
+    assert (top["status"], top["score"], top["diverged"], top["trials"]) == ("diverged", None, 1, 1)
+    assert [r["status"] for r in loss["methods"]["lora-ga"]["rungs"][-2:]] == [D, D]
+    assert loss["methods"]["lora-ga"]["diverged"] == 4
+    crash = rung(loss, "lora-one", 3e-4)
+    assert (crash["status"], crash["score"], crash["failed"]) == ("failed", None, 1)
+    assert loss["methods"]["lora-one"]["failed"] == 1
+
+
+def test_a_partly_diverged_rung_is_unstable_and_ends_the_window():
+    rows = [trial("x", lr, seed, val_loss=1.0) for lr in (1e-4, 1e-3) for seed in (0, 1)]
+    rows += [trial("x", 3e-4, 0, val_loss=0.9), trial("x", 3e-4, 1, status=D)]
+    m = analyze(rows)["methods"]["x"]
+    middle = m["rungs"][1]
+    assert (middle["status"], middle["n"], middle["score"], middle["diverged"]) == ("unstable", 1, 0.9, 1)
+    assert m["best_lr"] == 1e-4  # 0.9 at 3e-4 is not a safe best: a seed diverged there
+    assert (m["window"]["low"], m["window"]["high"], m["window"]["decades"]) == (1e-4, 1e-4, 0.0)
+
+
+def test_reference_lr_and_steps_to_target(loss):
+    assert (loss["reference_lr"], loss["target_loss"]) == (1e-4, 1.0)  # lora's best lr and its loss there
+    at_reference = {n: m["score_at_reference"] for n, m in loss["methods"].items()}
+    assert at_reference == pytest.approx({"lora": 1.0, "pissa": 0.99, "lora-ga": 1.1, "riemannian": 1.08,
+                                          "lora-one": 1.03})
+    steps = {n: (m["steps_to_target"], m["target_reached"]) for n, m in loss["methods"].items()}
+    assert steps == {"lora": (30, [1, 1]), "pissa": (15, [2, 2]), "lora-ga": (None, [0, 2]),
+                     "riemannian": (None, [0, 1]), "lora-one": (10, [1, 1])}
+    steps, losses = zip(*loss["methods"]["pissa"]["best_curve"])  # mean over seeds
+    assert steps == (0, 10, 20) and losses == pytest.approx((1.9, 1.05, 0.98))
+
+    given = analyze(SWEEP, reference_lr=2e-3)  # not on the ladder
+    assert all(m["score_at_reference"] is None for m in given["methods"].values())
+
+    no_lora = analyze([r for r in SWEEP if r["method"] != "lora"])
+    assert no_lora["reference_lr"] == 3e-5  # best of pissa and lora-ga; 1e-3 (2 methods) loses the tie
+    assert "2 of 4" in no_lora["reference_source"]
+    assert no_lora["target_loss"] == pytest.approx(1.04)  # the worst best-lr loss: riemannian's
+
+
+def test_ranking_flags_ties_within_noise(loss):
+    ranking = loss["ranking"]
+    assert [r["method"] for r in ranking] == ["pissa", "lora-ga", "lora", "lora-one", "riemannian"]
+    assert [r["rank"] for r in ranking] == [1, 2, 3, 4, 5]
+    assert [r["tied_with_next"] for r in ranking] == [True, False, False, False, False]
+    assert ranking[0]["note"].startswith("within noise of lora-ga")  # gap 0.01 < 2*sqrt(2)*0.01
+    assert ranking[1]["note"] == "single seed: noise unknown (vs lora)"
+
+
+def accuracy_sweep():
+    rows = []
+    for method, shifts, values in [("lora", [0.0], [0.30, 0.40, 0.45, 0.43, 0.42, D]),
+                                   ("pissa", [-0.01, 0.01], [0.35, 0.30, 0.20, 0.10, D, D])]:
+        for seed, shift in enumerate(shifts):
+            rows += [trial(method, lr, seed, status=D) if v == D else
+                     trial(method, lr, seed, gsm8k_flexible=v + shift, gsm8k_flexible_stderr=0.01,
+                           gsm8k_strict=v + shift - 0.05, gsm8k_strict_stderr=0.01)
+                     for lr, v in zip(LADDER, values)]
+    return rows
+
+
+def test_accuracy_mode_uses_flexible_extract_and_acc_tol():
+    acc = analyze(accuracy_sweep(), metric="accuracy")
+    lora = acc["methods"]["lora"]
+    assert (lora["best_lr"], lora["best_score"], lora["best_se"]) == (1e-4, 0.45, 0.01)
+    assert rung(acc, "lora", 1e-4)["gsm8k_strict"] == pytest.approx(0.40)
+    assert (lora["window"]["low"], lora["window"]["high"]) == (1e-4, 3e-4)  # 0.43 sits exactly at 0.45 - 0.02
+    wide = analyze(accuracy_sweep(), metric="accuracy", acc_tol=0.03)["methods"]["lora"]["window"]
+    assert (wide["low"], wide["high"], wide["decades"]) == (1e-4, 1e-3, 1.0)  # 3e-3 diverged: the window stops
+    pissa = acc["methods"]["pissa"]
+    assert pissa["best_score"] == pytest.approx(0.35)
+    assert pissa["best_se"] == pytest.approx(math.sqrt(0.0002 / 2 + 0.01 ** 2))  # seed var / n + lm-eval stderr^2
+    assert [(r["method"], r["tied_with_next"]) for r in acc["ranking"]] == [("lora", False), ("pissa", False)]
+    assert acc["ranking"][0]["note"].startswith("ahead of pissa")
+
+
+@pytest.mark.parametrize("kwargs,rows,message", [
+    ({"metric": "loss"}, SWEEP, "metric must be"),
+    ({}, [], "no trial rows"),
+    ({}, [trial("lora", 1e-4, status="running")], "trial status"),
+])
+def test_bad_input_is_refused(kwargs, rows, message):
+    with pytest.raises(ValueError, match=message):
+        analyze(rows, **kwargs)
+
+
+def test_write_report_makes_three_self_contained_files(loss, tmp_path):
+    extra = [("Since last night", "<p>pissa <b>improved</b></p>", "pissa **improved**")]
+    paths = write_report(loss, SWEEP, tmp_path / "out", title="GSM8K <cpu> & co", extra_sections=extra)
+    assert sorted(p.name for p in paths.values()) == ["report.html", "report.json", "report.md"]
+    page = paths["html"].read_text()
+    assert page.count('<img src="data:image/png;base64,') == 3
+    assert page.count('alt="') == 3
+    assert all(name in page for name in loss["methods"])
+    assert "<title>GSM8K &lt;cpu&gt; &amp; co</title>" in page
+    assert "CUDA out of memory &lt;rank 0&gt;" in page  # the failed trial's error, escaped
+    assert not any(tag in page for tag in ("<link", "<script", "http://", "https://"))
+    assert page.rstrip().endswith("<h2>Since last night</h2>\n<p>pissa <b>improved</b></p>\n</body></html>")
+    md = paths["markdown"].read_text()
+    assert "## Summary\n\n| method | best lr | best score ± se |" in md
+    assert "| pissa | 3e-5 | 0.9800 ± 0.0100 | defaults | [3e-5, 1e-3] | 1.52 |" in md
+    assert "| lora-one | 1e-3 | 1.0100 | defaults | [1e-3, 3e-3] | 0.48 | 1.0300 | 10 (1/1 seeds) | 0 | 1 | 0 |" in md
+    assert "| lora | 3e-3 | diverged |" in md
+    assert md.rstrip().endswith("## Since last night\n\npissa **improved**")
+    assert json.loads(paths["json"].read_text()) == loss
