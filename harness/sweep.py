@@ -219,7 +219,9 @@ def start_ray(sc: SweepConfig):
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # no experiment banner: Progress reports instead
     address = sc.address or os.environ.get("RAY_ADDRESS", "")
     env = {k: v for k, v in os.environ.items() if k.startswith(("HARNESS_", "HF_", "MLFLOW_", "TRANSFORMERS_"))}
-    options = dict(log_to_driver=False, logging_level=logging.WARNING, runtime_env={"env_vars": env})
+    # configure_logging=False: Ray keeps the file handlers of log_to_file instead of the terminal.
+    options = dict(log_to_driver=False, logging_level=logging.WARNING, configure_logging=False,
+                   runtime_env={"env_vars": env})
     if not address:
         ray.init(num_cpus=os.cpu_count(), num_gpus=torch.cuda.device_count(), include_dashboard=False,
                  object_store_memory=256 * 2**20, **options)
@@ -252,9 +254,9 @@ def run(sc: SweepConfig, plan: list[dict], tags: dict | None = None) -> list[dic
                                                   if k not in ("methods", "trial")},
               **{f"trial.{k}": v for k, v in asdict(sc.trial).items() if k not in ("method", "lr", "seed")}}
     params["tracking_uri"] = tracking.redact(sc.tracking_uri)
-    start_ray(sc)  # first: an unreachable cluster must leave no MLflow run behind
-    parent_id = tracking.start_sweep(sc.tracking_uri, sc.trial.task, sc.name, params, tags or {})
     log_to_file(sc.path / "harness.log")
+    start_ray(sc)  # before MLflow: an unreachable cluster must leave no run behind
+    parent_id = tracking.start_sweep(sc.tracking_uri, sc.trial.task, sc.name, params, tags or {})
     status = "FAILED"
     try:
         grid = build_tuner(sc, plan, parent_id).fit()
