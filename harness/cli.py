@@ -112,7 +112,7 @@ def cmd_run(args):
         seeds=args.seeds, lrs=args.lrs, cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
         max_failures=args.max_failures, address=args.address, storage=args.storage,
-        tracking_uri=args.tracking_uri, resume=bool(args.resume))
+        tracking_uri=args.tracking_uri, resume=bool(args.resume), spaces=args.spaces)
     plan = sweep.prepare(sc)
     if args.dry_run:
         print(sweep.describe(sc, plan))
@@ -219,6 +219,8 @@ def add_run_options(p):
                    "clusters (default: ./runs)")
     p.add_argument("--name", default="", help="sweep name (default: <task>-<preset>-<time>)")
     p.add_argument("--resume", default="", metavar="NAME", help="continue the interrupted sweep NAME")
+    p.add_argument("--spaces", default="", help="folder of search-space YAML files (default: the "
+                   "repository's search_spaces/)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and compute estimate only")
     p.add_argument("--tracking-uri", default="", help="MLflow URI (default: $MLFLOW_TRACKING_URI, "
                    "else sqlite under --storage)")

@@ -94,6 +94,7 @@ def positive(name: str, value, *, allow_zero=False):
 def validate(cfg: TrialConfig):
     from methods import get as get_method
     from harness.data import TASKS
+    from harness.model import check_name
 
     if cfg.task not in TASKS:
         raise UsageError(f"unknown task {cfg.task!r}: choose one of {', '.join(TASKS)}")
@@ -102,6 +103,7 @@ def validate(cfg: TrialConfig):
         positive(name, getattr(cfg, name))
     for name in ("train_size", "warmup_steps", "weight_decay", "eval_limit"):
         positive(name, getattr(cfg, name), allow_zero=True)
+    check_name(cfg.model)
     if cfg.data_dir and not Path(cfg.data_dir).is_dir():
         raise UsageError(f"data folder {cfg.data_dir} does not exist: pass --data-dir with a folder "
                          f"holding <task>/train.jsonl and test.jsonl")

@@ -80,19 +80,25 @@ def _build_tiny(folder: Path):
     tok.save_pretrained(folder)
 
 
+def check_name(name: str):
+    """Reject a model name that can be neither built in, a folder, nor a hub id, before any work."""
+    path = Path(name).expanduser()
+    if name in BUILT_IN or path.is_dir():
+        return
+    if name.startswith(("/", ".", "~")) or name.count("/") != 1:
+        raise UsageError(f"model {name!r} is neither a folder nor a hub id (owner/name): "
+                         f"pass an existing folder, a hub id, or one of {', '.join(BUILT_IN)}")
+
+
 def resolve_path(name: str) -> str:
     """A loadable folder or hub id for `name`; built-in models are built on first use."""
     if name == "tiny":
         return _build_once("tiny-llama", _build_tiny)
     if name == "smollm2-135m":
         return _build_once("smollm2-135m-instruct", _build_smollm2)
-    if Path(name).expanduser().is_dir():
-        return str(Path(name).expanduser().resolve())
-    looks_like_path = name.startswith(("/", ".", "~")) or name.count("/") != 1
-    if looks_like_path:
-        raise UsageError(f"model {name!r} is neither a folder nor a hub id (owner/name): "
-                         f"pass an existing folder, a hub id, or one of {', '.join(BUILT_IN)}")
-    return name
+    check_name(name)
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.is_dir() else name
 
 
 def pick_device(device: str = "auto") -> torch.device:

@@ -6,6 +6,7 @@ every interval, then is scored by lm-eval. MLflow records are written from the d
 import json
 import logging
 import os
+import socket
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -14,7 +15,7 @@ from pathlib import Path
 from ray.tune import Callback
 
 import methods
-from harness import spaces, tracking
+from harness import data, spaces, tracking
 from harness.config import PRESETS, TrialConfig, UsageError, positive, resolve, trial_spec
 
 DIVERGED = 1e9  # the objective of a diverged trial: worse than any real loss, still finite for MLflow
@@ -40,6 +41,7 @@ class SweepConfig:
     storage: str = ""
     tracking_uri: str = ""
     resume: bool = False
+    spaces: str = ""                # search-space folder (default: the repository's search_spaces/)
 
     @property
     def path(self) -> Path:
@@ -58,7 +60,11 @@ def prepare(sc: SweepConfig) -> list[dict]:
         positive(f"--{name.replace('_', '-')}", getattr(sc, name), allow_zero=True)
     sc.methods = [methods.get(m).name for m in sc.methods]
     sc.trial = resolve(replace(sc.trial, method=sc.methods[0], lr=1.0, hparams={}))
-    sc.lrs = [positive("--lrs value", lr) for lr in sc.lrs] or spaces.ladder(sc.trial.preset)
+    folder = Path(sc.spaces).resolve() if sc.spaces else spaces.FOLDER
+    if not folder.is_dir():
+        raise UsageError(f"--spaces {sc.spaces} is not a folder: pass a folder of search-space YAML files")
+    sc.spaces = str(folder)
+    sc.lrs = [positive("--lrs value", lr) for lr in sc.lrs] or spaces.ladder(sc.trial.preset, folder)
     if "://" in sc.storage:
         raise UsageError(f"--storage {sc.storage} is a URI: pass a folder (on clusters, a folder "
                          f"on a file system shared by every node)")
@@ -71,13 +77,29 @@ def prepare(sc: SweepConfig) -> list[dict]:
     if exists and not sc.resume:
         raise UsageError(f"sweep {sc.name!r} already exists under {sc.storage}: "
                          f"use --resume {sc.name} to continue it, or another --name")
+    _check_address(sc)
     _check_gpus(sc)
+    if sc.trial.data_dir:  # a missing file or corrupt row is reported now, not in every trial
+        data.load_rows(sc.trial.train_data or sc.trial.task, "train", sc.trial.data_dir)
     sc.tracking_uri = tracking.resolve_uri(sc.tracking_uri, Path(sc.storage))
     seeds = list(range(sc.trial.seed, sc.trial.seed + sc.seeds))
-    plan = spaces.plan(sc.methods, sc.trial.preset, sc.lrs, seeds)
+    plan = spaces.plan(sc.methods, sc.trial.preset, sc.lrs, seeds, spaces.load(folder))
     for entry in plan:  # every method hyperparameter combination is valid for its method
         resolve(TrialConfig(**{**asdict(sc.trial), **entry}))
     return plan
+
+
+def _check_address(sc: SweepConfig):
+    """A Ray address that accepts no connection fails here, in seconds (ray.init retries longer)."""
+    address = sc.address or os.environ.get("RAY_ADDRESS", "")
+    if not address or address in ("auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except (OSError, ValueError):
+        raise UsageError(f"cannot reach the Ray cluster at {address}: check --address / RAY_ADDRESS "
+                         f"(host:port of the head node) and that `ray start --head` runs there") from None
 
 
 def _check_gpus(sc: SweepConfig):
@@ -197,7 +219,7 @@ def build_tuner(sc: SweepConfig, plan: list[dict], parent_id: str):
         param_space = {"trial": tune.grid_search(plan)}
     else:
         from ray.tune.search.optuna import OptunaSearch
-        loaded = spaces.load()
+        loaded = spaces.load(Path(sc.spaces))
         grids = {m: loaded[m].get(sc.trial.preset, loaded[m].get("grid", {})) for m in sc.methods}
         param_space = {}
         tune_config.update(num_samples=total, search_alg=OptunaSearch(
@@ -238,6 +260,7 @@ def start_ray(sc: SweepConfig):
 
 def log_to_file(path: Path):
     """Library logging goes to <sweep>/harness.log, not the terminal."""
+    import mlflow  # noqa: F401  (installs its own handlers on import: replace them afterwards)
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
@@ -254,8 +277,8 @@ def run(sc: SweepConfig, plan: list[dict], tags: dict | None = None) -> list[dic
                                                   if k not in ("methods", "trial")},
               **{f"trial.{k}": v for k, v in asdict(sc.trial).items() if k not in ("method", "lr", "seed")}}
     params["tracking_uri"] = tracking.redact(sc.tracking_uri)
+    start_ray(sc)  # first: an unreachable cluster must leave no run or folder behind
     log_to_file(sc.path / "harness.log")
-    start_ray(sc)  # before MLflow: an unreachable cluster must leave no run behind
     parent_id = tracking.start_sweep(sc.tracking_uri, sc.trial.task, sc.name, params, tags or {})
     status = "FAILED"
     try:

@@ -104,10 +104,3 @@ def test_resume_after_the_driver_is_killed(tmp_path, data_dir):
     _, parents, children = sweep_runs(tmp_path / "mlflow.db", "killed")
     assert len(parents) == 1
     assert sorted(float(r.data.params["lr"]) for r in children) == [1e-2, 2e-2, 3e-2]
-
-
-def test_resume_of_an_unknown_sweep_is_a_usage_error(tmp_path):
-    proc = run_cli("run", "--resume", "nope", "--storage", tmp_path, "--preset", "smoke")
-    assert proc.returncode == 2
-    assert proc.stderr.strip().count("\n") == 0 and "nope" in proc.stderr
-    assert not any(tmp_path.iterdir())
