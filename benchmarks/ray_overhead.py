@@ -3,7 +3,7 @@
     python benchmarks/ray_overhead.py --data-dir /work/shared/data [--method lora] [--preset cpu]
         [--lr 2e-4] [--steps 12] [--repeats 2] [--json FILE]
 
-(a) plain: harness.train.run_trial in this process. (b) ray: the sweep's own path: start_ray,
+(a) plain: `harness trial` in a fresh process (every Ray trial is a fresh worker process too). (b) ray: the sweep's own path: start_ray,
 sweep.prepare on a one-trial SweepConfig, sweep.build_tuner (train_trial under with_parameters /
 with_resources), Tuner.fit. Rounds alternate (a) and (b), order flipped each round, so machine noise
 hits both. Metrics are those run_trial returns: tokens_per_s (one window: eval_interval = steps)
@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -28,8 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from harness import sweep, tracking  # noqa: E402
-from harness.config import TrialConfig, resolve  # noqa: E402
-from harness.train import run_trial  # noqa: E402
+from harness.config import TrialConfig  # noqa: E402
 
 TARGET = 0.95  # ray tokens/s >= 95% of plain
 KEYS = ("tokens_per_s", "step_seconds", "wall_s", "threads", "threads_default", "val_loss")
@@ -50,9 +50,17 @@ def counted_trial(config: dict, base: dict):
 
 
 def plain(template: TrialConfig, root: Path, i: int) -> dict:
-    cfg = resolve(replace(template, out=str(root / f"plain-r{i}")))
+    """The same trial as `harness trial` runs it: a fresh process, as every Ray trial is one (a
+    warm process that has trained before runs ~25% faster, which would not be a fair baseline)."""
+    out = root / f"plain-r{i}"
+    t = template
+    args = ["trial", "--method", t.method, "--lr", str(t.lr), "--preset", t.preset, "--steps", str(t.steps),
+            "--eval-interval", str(t.eval_interval), "--eval-limit", "0", "--data-dir", t.data_dir,
+            "--out", str(out)]
     start = time.perf_counter()
-    return {**run_trial(cfg), "wall_s": time.perf_counter() - start, "threads": torch.get_num_threads()}
+    subprocess.run([sys.executable, "-m", "harness.cli", *args], check=True, capture_output=True)
+    result = json.loads((out / "metrics.json").read_text())
+    return {**result, "wall_s": time.perf_counter() - start, "threads": torch.get_num_threads()}
 
 
 def in_ray(template: TrialConfig, root: Path, i: int) -> dict:

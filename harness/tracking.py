@@ -4,6 +4,7 @@ Everything is written from the driver (a Ray Tune callback), because SQLite want
 Runs are found again by tags (harness.sweep, harness.trial_id), so a resumed sweep reuses its
 parent run and never records a trial twice."""
 
+import fcntl
 import os
 import platform
 import re
@@ -45,7 +46,17 @@ def resolve_uri(uri: str, root: Path) -> str:
 
 def client(uri: str):
     from mlflow.tracking import MlflowClient
-    return MlflowClient(tracking_uri=uri)
+    if not uri.startswith("sqlite:///"):
+        return MlflowClient(tracking_uri=uri)
+    # Two drivers creating one SQLite store at once race in its schema migration, so the client
+    # (whose store creates or migrates the tables) is made under a file lock.
+    db = Path(uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        mlf = MlflowClient(tracking_uri=uri)
+        mlf.search_experiments(max_results=1)
+    return mlf
 
 
 def experiment_id(mlf, task: str) -> str:

@@ -5,8 +5,8 @@ import subprocess
 import sys
 
 
-def run_cli(*args, timeout=900, **popen):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def run_cli(*args, timeout=900, env=None, **popen):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", "harness.cli", *map(str, args)], capture_output=True,
                           text=True, timeout=timeout, env=env, **popen)
 
