@@ -15,12 +15,17 @@ def rows_of(storage, name):
     return {r["lr"]: r for r in json.loads((storage / name / "results.json").read_text())}
 
 
-def test_crashing_trial_is_retried_then_failed_and_the_sweep_completes(tmp_path, data_dir):
-    env = {"HARNESS_FAULT": "error@2,method=lora,lr=0.02"}
-    proc = run_cli("run", "--methods", "lora", "--lrs", "1e-2,2e-2", "--max-failures", "1",
-                   "--data-dir", data_dir, "--storage", tmp_path, "--name", "crash", *SMALL, env=env)
+def sweep_with_fault(tmp_path, data_dir, fault, name, max_failures):
+    """A two-trial lora sweep whose lr=2e-2 trial meets the fault at step 2."""
+    proc = run_cli("run", "--methods", "lora", "--lrs", "1e-2,2e-2", "--max-failures", max_failures,
+                   "--data-dir", data_dir, "--storage", tmp_path, "--name", name, *SMALL,
+                   env={"HARNESS_FAULT": f"{fault}@2,method=lora,lr=0.02"})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = rows_of(tmp_path, "crash")
+    return proc, rows_of(tmp_path, name)
+
+
+def test_crashing_trial_is_recorded_as_failed_and_the_sweep_completes(tmp_path, data_dir):
+    proc, rows = sweep_with_fault(tmp_path, data_dir, "error", "crash", max_failures=1)
     assert rows[1e-2]["status"] == "finished"
     assert rows[2e-2]["status"] == "failed" and "injected error" in rows[2e-2]["error"]
     _, _, children = sweep_runs(tmp_path / "mlflow.db", "crash")
@@ -33,11 +38,7 @@ def test_crashing_trial_is_retried_then_failed_and_the_sweep_completes(tmp_path,
 
 
 def test_killed_worker_is_recorded_as_failed(tmp_path, data_dir):
-    env = {"HARNESS_FAULT": "kill@2,method=lora,lr=0.02"}
-    proc = run_cli("run", "--methods", "lora", "--lrs", "1e-2,2e-2", "--max-failures", "0",
-                   "--data-dir", data_dir, "--storage", tmp_path, "--name", "killed", *SMALL, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = rows_of(tmp_path, "killed")
+    _, rows = sweep_with_fault(tmp_path, data_dir, "kill", "killed", max_failures=0)
     assert rows[1e-2]["status"] == "finished" and rows[2e-2]["status"] == "failed"
 
 
