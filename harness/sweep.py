@@ -16,7 +16,7 @@ from ray.tune import Callback
 
 import methods
 from harness import data, spaces, tracking
-from harness.config import PRESETS, TrialConfig, UsageError, positive, resolve, trial_spec
+from harness.config import TrialConfig, UsageError, positive, resolve, trial_spec
 
 DIVERGED = 1e9  # the objective of a diverged trial: worse than any real loss, still finite for MLflow
 PARAMS = {"tiny": 3.3e6, "smollm2-135m": 134.5e6, "Qwen/Qwen3-0.6B": 0.6e9,

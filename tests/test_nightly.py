@@ -1,6 +1,5 @@
 """Nightly suites: the suite file, the regression rules, and two real nights with a planted fault."""
 
-import os
 
 import pytest
 
