@@ -93,7 +93,7 @@ def cmd_trial(args):
         cfg.out = str(Path("runs", "trials", f"{cfg.method}-lr{cfg.lr:g}-seed{cfg.seed}-{stamp}").resolve())
     from harness.train import run_trial
     result = run_trial(cfg, progress=True)
-    print(json.dumps({k: v for k, v in result.items()}, indent=2))
+    print(json.dumps(result, indent=2))
     print(f"metrics: {Path(cfg.out, 'metrics.json')}")
     return 0 if result["status"] == "finished" else 1
 
@@ -117,8 +117,7 @@ def cmd_run(args):
     if args.dry_run:
         print(sweep.describe(sc, plan))
         return 0
-    count = len(plan) if sc.search == "grid" else sc.trials * len(names)
-    print(f"sweep {sc.name}: {count} trials of {', '.join(names)} on preset {sc.trial.preset}; "
+    print(f"sweep {sc.name}: {sweep.trial_count(sc, plan)} trials of {', '.join(names)} on preset {sc.trial.preset}; "
           f"tracking {tracking.redact(sc.tracking_uri)}; log {sc.path / 'harness.log'}")
     rows = sweep.run(sc, plan)
     print("\n" + sweep.table(rows))

@@ -110,12 +110,16 @@ def _check_gpus(sc: SweepConfig):
                              f"use --gpus-per-trial 0, or --address of a cluster with GPUs")
 
 
+def trial_count(sc: SweepConfig, plan: list[dict]) -> int:
+    return len(plan) if sc.search == "grid" else sc.trials * len(sc.methods)
+
+
 def describe(sc: SweepConfig, plan: list[dict]) -> str:
     """The dry-run text: trials, resources, and a rough compute estimate."""
     t = sc.trial
     lines = [f"sweep {sc.name}: task {t.task}, preset {t.preset}, model {t.model}, search {sc.search}, "
              f"scheduler {sc.scheduler}", f"storage {sc.path}"]
-    count = len(plan) if sc.search == "grid" else sc.trials * len(sc.methods)
+    count = trial_count(sc, plan)
     if sc.search == "grid":
         for i, e in enumerate(plan, 1):
             hp = " ".join(f"{k}={v}" for k, v in e["hparams"].items())
@@ -211,7 +215,7 @@ def build_tuner(sc: SweepConfig, plan: list[dict], parent_id: str):
     trainable = tune.with_resources(tune.with_parameters(train_trial, base=base), {"cpu": cpus, "gpu": gpus})
     if sc.resume:
         return tune.Tuner.restore(str(sc.path), trainable, resume_errored=True)
-    total = len(plan) if sc.search == "grid" else sc.trials * len(sc.methods)
+    total = trial_count(sc, plan)
     callbacks = [tracking.Tracker(sc.tracking_uri, sc.trial.task, sc.name, parent_id), Progress(total)]
     tune_config = dict(max_concurrent_trials=sc.max_concurrent or None)
     objective = dict(metric="objective", mode="min")  # given to the searcher and scheduler themselves
