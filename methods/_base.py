@@ -77,16 +77,6 @@ def set_factors(layer, A: torch.Tensor, B: torch.Tensor, new_weight: torch.Tenso
         layer.get_base_layer().weight.copy_(new_weight)
 
 
-def riemannian_optimizer(model, lr: float, hp: dict, weight_decay: float):
-    """PEFT's Riemannian-preconditioned optimizer: scaled AdamW or scaled GD (SGD)."""
-    from peft.optimizers import create_riemannian_optimizer
-    if hp["optimizer"] == "sgd":
-        return create_riemannian_optimizer(model, torch.optim.SGD, lr=lr, reg=hp["reg"],
-                                           weight_decay=weight_decay)
-    return create_riemannian_optimizer(model, torch.optim.AdamW, lr=lr, reg=hp["reg"],
-                                       weight_decay=weight_decay)
-
-
 def top_svd(matrix: torch.Tensor, q: int, niter: int):
     """(U, S, V) of the top-q singular triplets, as torch.svd_lowrank(matrix, q, niter) computes.
     When q exceeds half the smaller side the randomized sketch is nearly full rank and costs more

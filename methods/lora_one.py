@@ -12,7 +12,8 @@ import math
 import torch
 
 from methods import register
-from methods._base import Method, lora_layers, riemannian_optimizer, set_factors, top_svd
+from methods._base import Method, lora_layers, set_factors, top_svd
+from methods.riemannian import preconditioned_optimizer
 
 
 def init_factors(weight: torch.Tensor, grad: torch.Tensor, *, rank: int, scaling: float,
@@ -45,7 +46,7 @@ class LoraOne(Method):
 
     def optimizer(self, model, lr, hp, weight_decay):
         if hp["precondition"]:
-            return riemannian_optimizer(model, lr, hp, weight_decay)
+            return preconditioned_optimizer(model, lr, hp, weight_decay)
         if hp["optimizer"] == "sgd":
             params = [p for p in model.parameters() if p.requires_grad]
             return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)

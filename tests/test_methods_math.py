@@ -16,7 +16,7 @@ import methods
 from harness.config import UsageError
 from methods import lora_ga, lora_one
 from methods._base import lora_layers
-from methods.riemannian import precondition
+from methods.riemannian import Preconditioner, precondition
 
 
 # ---------------------------------------------------------------- helpers
@@ -262,6 +262,38 @@ def test_precondition_with_zero_B():
     new_A, new_B = precondition(A, B, gA, gB, reg=1e-2)
     torch.testing.assert_close(new_A, gA / 1e-2, rtol=1e-6, atol=0)
     assert_rel_close(new_B, ref_precondition(A, B, gA, gB, 1e-2)[1], rtol=1e-5)
+
+
+class Mixed(nn.Module):
+    """Layers of three shapes, two of them twice: the preconditioner stacks same-shaped layers."""
+    def __init__(self):
+        super().__init__()
+        self.a1, self.a2, self.b1, self.b2, self.c = (nn.Linear(20, 12), nn.Linear(20, 12),
+                                                      nn.Linear(12, 20), nn.Linear(12, 20),
+                                                      nn.Linear(20, 7))
+
+    def forward(self, x):
+        h = self.b1(self.a1(x)) + self.b2(self.a2(x))
+        return self.c(h)
+
+
+def test_batched_preconditioner_equals_per_layer_formula():
+    torch.manual_seed(0)
+    config = peft.LoraConfig(r=4, target_modules=["a1", "a2", "b1", "b2", "c"], init_lora_weights=False)
+    model = peft.get_peft_model(Mixed(), config).to(torch.float64)
+    x, y = randn(8, 20, seed=1, dtype=torch.float64), randn(8, 7, seed=2, dtype=torch.float64)
+    ((model(x) - y) ** 2).mean().backward()
+    layers = [layer for _, layer in lora_layers(model)]
+    before = [(l.lora_A["default"].weight.detach().clone(), l.lora_B["default"].weight.detach().clone(),
+               l.lora_A["default"].weight.grad.clone(), l.lora_B["default"].weight.grad.clone())
+              for l in layers]
+    pre = Preconditioner(model, reg=1e-2)
+    assert sorted(len(group) for group in pre.groups) == [1, 2, 2]
+    pre()
+    for layer, (A, B, gA, gB) in zip(layers, before):
+        ref_A, ref_B = ref_precondition(A, B, gA, gB, 1e-2)
+        assert_rel_close(layer.lora_A["default"].weight.grad, ref_A, rtol=1e-10)
+        assert_rel_close(layer.lora_B["default"].weight.grad, ref_B, rtol=1e-10)
 
 
 # ---------------------------------------------------------------- optimizers' actual steps
