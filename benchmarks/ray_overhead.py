@@ -32,17 +32,17 @@ from harness import sweep, tracking  # noqa: E402
 from harness.config import TrialConfig  # noqa: E402
 
 TARGET = 0.95  # ray tokens/s >= 95% of plain
-KEYS = ("tokens_per_s", "step_seconds", "wall_s", "threads", "threads_default", "val_loss")
+KEYS = ("tokens_per_s", "step_seconds", "wall_s", "threads", "threads_default", "nice", "val_loss")
 
 
 def counted_trial(config: dict, base: dict):
     """harness.sweep.train_trial, with torch's thread counts (Ray's default, and the count the
-    trial trains with) added to every report."""
+    trial trains with) and the process's niceness added to every report."""
     import ray.tune
     from harness.sweep import train_trial  # the original: the patch below lives only in the driver
     report, default = ray.tune.report, torch.get_num_threads()
     ray.tune.report = lambda m, *a, **kw: report(
-        {**m, "threads": torch.get_num_threads(), "threads_default": default}, *a, **kw)
+        {**m, "threads": torch.get_num_threads(), "threads_default": default, "nice": os.nice(0)}, *a, **kw)
     try:
         return train_trial(config, base)
     finally:
@@ -60,7 +60,8 @@ def plain(template: TrialConfig, root: Path, i: int) -> dict:
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "harness.cli", *args], check=True, capture_output=True)
     result = json.loads((out / "metrics.json").read_text())
-    return {**result, "wall_s": time.perf_counter() - start, "threads": torch.get_num_threads()}
+    return {**result, "wall_s": time.perf_counter() - start, "threads": torch.get_num_threads(),
+            "nice": os.nice(0)}
 
 
 def in_ray(template: TrialConfig, root: Path, i: int) -> dict:
@@ -105,7 +106,7 @@ def main():
                     rows[kind].append({k: r.get(k) for k in KEYS})
                     print(f"round {i + 1} {kind:<5}: {r['tokens_per_s']:8.1f} tok/s  step "
                           f"{r['step_seconds']:.3f} s  wall {r['wall_s']:6.1f} s  "
-                          f"torch threads {r['threads']}", flush=True)
+                          f"torch threads {r['threads']}  nice {r['nice']}", flush=True)
         finally:
             sys.modules["ray"].shutdown()
     med = {k: {m: statistics.median(r[m] for r in v) for m in ("tokens_per_s", "step_seconds")}

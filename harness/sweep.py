@@ -249,8 +249,10 @@ def start_ray(sc: SweepConfig):
     options = dict(log_to_driver=False, logging_level=logging.WARNING, configure_logging=False,
                    runtime_env={"env_vars": env})
     if not address:
+        # Ray runs workers at nice 15 to keep its own processes responsive; here the trials are the
+        # work, and at nice 15 each wakeup of a Ray process preempts a trial thread (docs/benchmarks.md).
         ray.init(num_cpus=os.cpu_count(), num_gpus=torch.cuda.device_count(), include_dashboard=False,
-                 object_store_memory=256 * 2**20, **options)
+                 object_store_memory=256 * 2**20, _system_config={"worker_niceness": 0}, **options)
         return
     try:
         ray.init(address=address, **options)
