@@ -28,8 +28,7 @@ def precondition(A: torch.Tensor, B: torch.Tensor, grad_A: torch.Tensor, grad_B:
 class Riemannian(Method):
     name = "riemannian"
     description = "Riemannian-preconditioned LoRA: LoRA init, r×r-preconditioned AdamW or SGD (PEFT)"
-    defaults = dict(reg=1e-6, optimizer="adamw")
-    choices = dict(optimizer=("adamw", "sgd"))
+    defaults = dict(reg=1e-6)
 
     def optimizer(self, model, lr, hp, weight_decay):
         return riemannian_optimizer(model, lr, hp, weight_decay)
