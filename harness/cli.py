@@ -41,7 +41,8 @@ def parse_setting(text: str) -> tuple:
 
 def add_trial_options(p):
     """Options shared by every command that trains."""
-    p.add_argument("--task", default="gsm8k", help="evaluation task (default: gsm8k)")
+    p.add_argument("--task", default="gsm8k", help="evaluation task: gsm8k, or a CPU toy task of the LoRA-One "
+                   "paper, toy-linear or toy-linear-illcond (default: gsm8k)")
     p.add_argument("--preset", default="",
                    help=f"size of model and budget: {', '.join(PRESETS)} (default: gpu where a GPU "
                    f"is visible, else cpu)")
@@ -91,8 +92,12 @@ def cmd_trial(args):
     if not cfg.out:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         cfg.out = str(Path("runs", "trials", f"{cfg.method}-lr{cfg.lr:g}-seed{cfg.seed}-{stamp}").resolve())
-    from harness.train import run_trial
-    result = run_trial(cfg, progress=True)
+    from harness import toy
+    if toy.is_toy(cfg.task):
+        result = toy.run_trial(cfg)
+    else:
+        from harness.train import run_trial
+        result = run_trial(cfg, progress=True)
     print(json.dumps(result, indent=2))
     print(f"metrics: {Path(cfg.out, 'metrics.json')}")
     return 0 if result["status"] == "finished" else 1
@@ -231,7 +236,8 @@ def build_parser() -> Parser:
     sub.add_parser("methods", help="list the methods, their descriptions and default hyperparameters")
     trial = sub.add_parser("trial", help="fine-tune one method at one learning rate")
     trial.add_argument("--method", required=True, help="method name (see `harness methods`)")
-    trial.add_argument("--lr", type=parse_number, required=True, help="learning rate, for example 2e-4")
+    trial.add_argument("--lr", type=parse_number, default=None, help="learning rate, for example 2e-4 "
+                       "(required, except on toy tasks: their step size)")
     trial.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     trial.add_argument("--set", type=parse_setting, action="append", default=[], metavar="KEY=VALUE",
                        help="method hyperparameter, repeatable: --set rank=16 --set reg=1e-4")

@@ -3,7 +3,8 @@
 from pathlib import Path
 
 import reports
-from harness import tracking
+from harness import toy, tracking
+from reports import toy as toy_section
 
 
 def analysis_of(uri: str, task: str, name: str, metric: str = "auto", **options) -> tuple:
@@ -19,11 +20,12 @@ def publish(uri: str, parent: str, analysis: dict, rows: list, folder: Path, tit
     """Write report.{html,md,json} under folder and attach them to the parent run."""
     paths = reports.write_report(analysis, rows, folder, title=title, extra_sections=extra_sections)
     mlf = tracking.client(uri)
-    for path in paths.values():
+    for path in sorted(Path(folder).iterdir()):  # the report files, and a toy section's PNGs
         mlf.log_artifact(parent, str(path), "report")
     return paths["html"]
 
 
 def report(uri: str, task: str, name: str, folder: Path, **options) -> Path:
     parent, rows, analysis = analysis_of(uri, task, name, **options)
-    return publish(uri, parent, analysis, rows, folder / "report", f"Learning-rate robustness: {name}")
+    extra = [toy_section.section(analysis, rows, folder / "report")] if toy.is_toy(task) else []
+    return publish(uri, parent, analysis, rows, folder / "report", f"Learning-rate robustness: {name}", extra)

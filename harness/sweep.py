@@ -15,7 +15,7 @@ from pathlib import Path
 from ray.tune import Callback
 
 import methods
-from harness import data, spaces, tracking
+from harness import data, spaces, toy, tracking
 from harness.config import TrialConfig, UsageError, positive, resolve, trial_spec
 
 DIVERGED = 1e9  # the objective of a diverged trial: worse than any real loss, still finite for MLflow
@@ -64,7 +64,9 @@ def prepare(sc: SweepConfig) -> list[dict]:
     if not folder.is_dir():
         raise UsageError(f"--spaces {sc.spaces} is not a folder: pass a folder of search-space YAML files")
     sc.spaces = str(folder)
-    sc.lrs = [positive("--lrs value", lr) for lr in sc.lrs] or spaces.ladder(sc.trial.preset, folder)
+    is_toy = toy.is_toy(sc.trial.task)
+    sc.lrs = [positive("--lrs value", lr) for lr in sc.lrs] or (
+        list(toy.TASKS[sc.trial.task].ladder) if is_toy else spaces.ladder(sc.trial.preset, folder))
     if "://" in sc.storage:
         raise UsageError(f"--storage {sc.storage} is a URI: pass a folder (on clusters, a folder "
                          f"on a file system shared by every node)")
@@ -79,14 +81,21 @@ def prepare(sc: SweepConfig) -> list[dict]:
                          f"use --resume {sc.name} to continue it, or another --name")
     _check_address(sc)
     _check_gpus(sc)
-    if sc.trial.data_dir:  # a missing file or corrupt row is reported now, not in every trial
+    if sc.trial.data_dir and not is_toy:  # a missing file or corrupt row is reported now, not in every trial
         data.load_rows(sc.trial.train_data or sc.trial.task, "train", sc.trial.data_dir)
     sc.tracking_uri = tracking.resolve_uri(sc.tracking_uri, Path(sc.storage))
     seeds = list(range(sc.trial.seed, sc.trial.seed + sc.seeds))
-    plan = spaces.plan(sc.methods, sc.trial.preset, sc.lrs, seeds, spaces.load(folder))
+    plan = spaces.plan(sc.methods, sc.trial.preset, sc.lrs, seeds, method_spaces(sc))
     for entry in plan:  # every method hyperparameter combination is valid for its method
         resolve(TrialConfig(**{**asdict(sc.trial), **entry}))
     return plan
+
+
+def method_spaces(sc: SweepConfig) -> dict:
+    """The methods' search spaces; a toy task searches the lr only (its hyperparameters are the paper's)."""
+    if toy.is_toy(sc.trial.task):
+        return {m: {} for m in sc.methods}
+    return spaces.load(Path(sc.spaces))
 
 
 def _check_address(sc: SweepConfig):
@@ -127,10 +136,14 @@ def describe(sc: SweepConfig, plan: list[dict]) -> str:
     else:
         lines.append(f"  {sc.trials} Optuna TPE trials per method over lr in "
                      f"[{min(sc.lrs):g}, {max(sc.lrs):g}] and each method's grid values")
-    tokens = t.steps * t.batch_size * t.grad_accum * t.max_length
     cpus, gpus = _resources(sc)
     lines.append(f"resources per trial: {cpus:g} CPUs, {gpus:g} GPUs; concurrency: "
                  f"{sc.max_concurrent or 'as resources allow'}")
+    if toy.is_toy(t.task):
+        lines.append(f"compute: {count} trials x {t.steps} full-batch steps of a {t.model} linear model "
+                     f"(seconds each on a CPU); no lm-eval scoring")
+        return "\n".join(lines)
+    tokens = t.steps * t.batch_size * t.grad_accum * t.max_length
     params = PARAMS.get(t.model)
     flops = f"{4 * params * tokens * count / 1e12:,.1f} TFLOP (4 x params x tokens)" if params else \
         "unknown FLOPs (model size unknown)"
@@ -141,6 +154,8 @@ def describe(sc: SweepConfig, plan: list[dict]) -> str:
 
 def _resources(sc: SweepConfig) -> tuple[float, float]:
     import torch
+    if toy.is_toy(sc.trial.task):  # one core is plenty for a 100x100 model
+        return sc.cpus_per_trial or 1, 0
     gpus = sc.gpus_per_trial
     cpus = sc.cpus_per_trial or (4 if gpus else max(1, (os.cpu_count() or 1)))
     return cpus, gpus if gpus else (1 if torch.cuda.is_available() and not sc.address else 0)
@@ -151,7 +166,10 @@ def train_trial(config: dict, base: dict):
     import ray.tune
     import torch
 
-    from harness.train import run_trial
+    if toy.is_toy(base["trial"]["task"]):
+        from harness.toy import run_trial
+    else:
+        from harness.train import run_trial
     torch.set_num_threads(max(1, int(base["cpus"])))  # Ray may cap threads at 1 otherwise
     spec = trial_spec(config)
     # Under the sweep folder, not Ray's trial dir: on a cluster that one is on the worker's disk.
@@ -217,13 +235,14 @@ def build_tuner(sc: SweepConfig, plan: list[dict], parent_id: str):
         return tune.Tuner.restore(str(sc.path), trainable, resume_errored=True)
     total = trial_count(sc, plan)
     callbacks = [tracking.Tracker(sc.tracking_uri, sc.trial.task, sc.name, parent_id), Progress(total)]
-    tune_config = dict(max_concurrent_trials=sc.max_concurrent or None)
+    # A toy trial takes about a second, a fresh worker process many more: keep the workers.
+    tune_config = dict(max_concurrent_trials=sc.max_concurrent or None, reuse_actors=toy.is_toy(sc.trial.task))
     objective = dict(metric="objective", mode="min")  # given to the searcher and scheduler themselves
     if sc.search == "grid":
         param_space = {"trial": tune.grid_search(plan)}
     else:
         from ray.tune.search.optuna import OptunaSearch
-        loaded = spaces.load(Path(sc.spaces))
+        loaded = method_spaces(sc)
         grids = {m: loaded[m].get(sc.trial.preset, loaded[m].get("grid", {})) for m in sc.methods}
         param_space = {}
         tune_config.update(num_samples=total, search_alg=OptunaSearch(
@@ -318,7 +337,7 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         hp = " ".join(f"{k}={v}" for k, v in r["hparams"].items())
         lines.append(f"{r['method']:<11} {r['lr']:>8g} {r['seed']:>4} {r['status']:<9} "
-                     f"{fmt(r['val_loss'], '8.4f')} {fmt(r['gsm8k_strict'], '6.3f')} "
+                     f"{fmt(r['val_loss'], '8.4g')} {fmt(r['gsm8k_strict'], '6.3f')} "
                      f"{fmt(r['gsm8k_flexible'], '6.3f')}  {hp}")
     return "\n".join(lines)
 

@@ -16,10 +16,9 @@ from pathlib import Path
 
 from ray.tune import Callback
 
-import methods
-from harness.config import UsageError, trial_spec
+from harness.config import UsageError, hparams_for, trial_spec
 
-STEP_METRICS = ("train_loss", "val_loss", "lr", "tokens_per_s", "peak_mem_mb")
+STEP_METRICS = ("train_loss", "val_loss", "lr", "tokens_per_s", "peak_mem_mb", "alignment")
 FINAL_METRICS = ("val_loss_init", "best_val_loss", "step_seconds", "grad_seconds", "grad_peak_mb",
                  "init_seconds", "gsm8k_strict", "gsm8k_strict_stderr", "gsm8k_flexible",
                  "gsm8k_flexible_stderr", "gsm8k_n", "eval_seconds")
@@ -148,14 +147,20 @@ def sweep_rows(uri: str, task: str, name: str) -> tuple[str, dict, list[dict]]:
     for run in sorted(runs, key=lambda r: r.info.start_time):
         params = {k: _value(v) for k, v in run.data.params.items()}
         method, lr, seed = params.pop("method"), float(params.pop("lr")), params.pop("seed")
-        history = {}
-        for point in sorted(mlf.get_metric_history(run.info.run_id, "val_loss"), key=lambda m: m.timestamp):
-            history[point.step] = point.value  # a resumed trial may log a step twice: keep the last
-        row = dict(method=method, lr=lr, seed=seed, hparams=params, history=sorted(history.items()),
+        history, alignment = (_history(mlf, run.info.run_id, key) for key in ("val_loss", "alignment"))
+        row = dict(method=method, lr=lr, seed=seed, hparams=params, history=history, alignment=alignment,
                    status=run.data.tags.get("status", "running"), error=run.data.tags.get("error"),
                    **{k: run.data.metrics.get(k) for k in ("val_loss",) + FINAL_METRICS})
         rows[(method, lr, seed, tuple(sorted(params.items())))] = row
     return parent, mlf.get_run(parent).data.params, _searched_only(list(rows.values()))
+
+
+def _history(mlf, run_id: str, key: str) -> list:
+    """[(step, value)] of a metric, in step order."""
+    points = {}
+    for point in sorted(mlf.get_metric_history(run_id, key), key=lambda m: m.timestamp):
+        points[point.step] = point.value  # a resumed trial may log a step twice: keep the last
+    return sorted(points.items())
 
 
 def _searched_only(rows: list[dict]) -> list[dict]:
@@ -202,7 +207,7 @@ class Tracker(Callback):
 
     def _log_params(self, run_id, cfg):
         from mlflow.entities import Param
-        hparams = methods.get(cfg["method"]).resolve(cfg["hparams"])  # rank, alpha, ... too
+        hparams = hparams_for(self.task, cfg["method"], cfg["hparams"])  # rank, alpha, ... too
         params = {"method": cfg["method"], "lr": cfg["lr"], "seed": cfg["seed"], **hparams}
         self.mlf.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
 

@@ -10,14 +10,14 @@ import math
 import torch
 from peft import LoraConfig
 
-LORA_DEFAULTS = dict(rank=8, alpha=16.0, use_rslora=False, dropout=0.0)
+LORA_DEFAULTS = dict(rank=8, alpha=16.0, use_rslora=False, dropout=0.0, optimizer="adamw")
 
 
 class Method:
     name = ""
     description = ""
     defaults: dict = {}
-    choices: dict = {}              # allowed values of the string hyperparameters
+    choices: dict = dict(optimizer=("adamw", "sgd"))   # allowed values of the string hyperparameters
     zero_ok = ("dropout",)          # numeric hyperparameters that may be 0
     needs_gradients = False
     mutates_base = False
@@ -56,7 +56,8 @@ class Method:
 
     def optimizer(self, model, lr: float, hp: dict, weight_decay: float) -> torch.optim.Optimizer:
         params = [p for p in model.parameters() if p.requires_grad]
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        kind = torch.optim.SGD if hp["optimizer"] == "sgd" else torch.optim.AdamW
+        return kind(params, lr=lr, weight_decay=weight_decay)
 
 
 def lora_layers(model):

@@ -31,9 +31,7 @@ def init_factors(weight: torch.Tensor, grad: torch.Tensor, *, rank: int, scaling
 class LoraOne(Method):
     name = "lora-one"
     description = "LoRA-One: one-step full-gradient spectral init, preconditioned AdamW"
-    defaults = dict(use_rslora=True, gamma=128.0, reg=1e-6, precondition=True,
-                    optimizer="adamw", grad_samples=8)
-    choices = dict(optimizer=("adamw", "sgd"))
+    defaults = dict(use_rslora=True, gamma=128.0, reg=1e-6, precondition=True, grad_samples=8)
     needs_gradients = True
 
     def init_adapters(self, model, hp, grads):
@@ -47,7 +45,4 @@ class LoraOne(Method):
     def optimizer(self, model, lr, hp, weight_decay):
         if hp["precondition"]:
             return preconditioned_optimizer(model, lr, hp, weight_decay)
-        if hp["optimizer"] == "sgd":
-            params = [p for p in model.parameters() if p.requires_grad]
-            return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
         return super().optimizer(model, lr, hp, weight_decay)

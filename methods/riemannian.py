@@ -79,8 +79,7 @@ def preconditioned_optimizer(model, lr: float, hp: dict, weight_decay: float) ->
 class Riemannian(Method):
     name = "riemannian"
     description = "Riemannian-preconditioned LoRA: LoRA init, r×r-preconditioned AdamW or SGD"
-    defaults = dict(reg=1e-6, optimizer="adamw")
-    choices = dict(optimizer=("adamw", "sgd"))
+    defaults = dict(reg=1e-6)
 
     def optimizer(self, model, lr, hp, weight_decay):
         return preconditioned_optimizer(model, lr, hp, weight_decay)

@@ -78,6 +78,24 @@ def loss_curves(analysis, path=None) -> bytes:
     return _png(fig, path)
 
 
+def step_curves(curves: dict, *, ylabel: str, title: str, log=False, path=None) -> bytes:
+    """One line per label ({label: [(step, value)]}) over training steps, log y if asked."""
+    fig = Figure(figsize=(8, 4.8), layout="constrained")
+    ax = fig.subplots()
+    for i, (label, points) in enumerate(curves.items()):
+        if points:
+            steps, values = zip(*points)
+            ax.plot(steps, values, color=_color(i), label=label)
+    if log:
+        ax.set_yscale("log")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="small")
+    return _png(fig, path)
+
+
 def heatmap(analysis, path=None) -> bytes:
     """Method x learning-rate grid of the score; cells without a score say why."""
     names, ladder = list(analysis["methods"]), analysis["ladder"]

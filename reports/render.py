@@ -140,14 +140,18 @@ def _html(title, settings, tables, figures, extra):
     for heading, (head, body) in tables[:2]:
         parts.append(f"<h2>{e(heading)}</h2>\n{_html_table(head, body)}")
     parts.append("<h2>Plots</h2>")
-    for alt, png in figures:
-        data = base64.b64encode(png).decode("ascii")
-        parts.append(f'<figure><img src="data:image/png;base64,{data}" alt="{e(alt)}">'
-                     f"<figcaption>{e(alt)}</figcaption></figure>")
+    parts += [figure_html(alt, png) for alt, png in figures]
     for heading, (head, body) in tables[2:]:
         parts.append(f"<h2>{e(heading)}</h2>\n{_html_table(head, body)}")
     parts += [f"<h2>{e(heading)}</h2>\n{markup}" for heading, markup, _ in extra]
     return "\n".join(parts) + "\n</body></html>\n"
+
+
+def figure_html(alt, png) -> str:
+    """A figure with its PNG inline, so the page stays one self-contained file."""
+    data = base64.b64encode(png).decode("ascii")
+    return (f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
+            f"<figcaption>{html.escape(alt)}</figcaption></figure>")
 
 
 def _html_table(head, body):

@@ -11,11 +11,11 @@ def run_cli(*args, timeout=900, env=None, **popen):
                           text=True, timeout=timeout, env=env, **popen)
 
 
-def sweep_runs(db_path, sweep: str):
-    """(parent run, child runs) of a sweep in an SQLite MLflow store."""
+def sweep_runs(db_path, sweep: str, experiment: str = "gsm8k"):
+    """(parent run, child runs) of a sweep in an SQLite MLflow store; the experiment is the task."""
     from mlflow.tracking import MlflowClient
     client = MlflowClient(f"sqlite:///{db_path}")
-    exp = client.get_experiment_by_name("gsm8k")
+    exp = client.get_experiment_by_name(experiment)
     runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`harness.sweep` = '{sweep}'")
     parents = [r for r in runs if r.data.tags.get("harness.kind") == "sweep"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]

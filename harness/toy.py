@@ -1,0 +1,180 @@
+"""Toy tasks: the LoRA-One paper's linear-model experiments, in seconds on a CPU.
+
+y = x Wᵀ with x ∈ ℝ^100, a pretrained W₀ (100×100, entries N(0, 1)) and the fine-tuning target
+W₀ + Θ, Θ of rank K = 4; N = 1600 inputs with entries N(0, 1), no noise. In PEFT's out×in naming
+the model is one bias-free nn.Linear with weight W₀, and every method runs through its own module:
+`lora_config`, `init_adapters` with the full-batch gradient G = ∂L/∂W at W₀, then `optimizer`.
+- toy-linear (alignment): Θ's singular values all 1, rank 8, A₀ ~ N(0, init_scale²), B₀ = 0,
+  step 1/64, 1500 iterations.
+- toy-linear-illcond: singular values (4, 3, 2, 1)/4 (κ = 4), rank 4 = K, step 1/2, 100 iterations.
+Both declare the paper's toy settings: γ = 1, s = 1 (alpha = rank, no rsLoRA), δ = reg = 1e-3 and
+full-batch gradient descent (optimizer sgd); a user's --set still wins.
+
+Measured at every eval interval:
+- risk ‖W_eff − (W₀ + Θ)‖²_F / 2, W_eff the effective weight (base + s·BA); reported as val_loss.
+- alignment ‖V_K(G)ᵀ V_K(A)‖²_F / K, V_K(M) the top-K right singular vectors of M: the mean cos²
+  of the principal angles between the input-side subspace of the adapter A (r×n; the paper's
+  d×r factor) and G's top-K input-side subspace. 1 = aligned, about K/n for a random A."""
+
+import json
+import math
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from peft import get_peft_model
+
+import methods
+from harness.config import UsageError, positive
+from methods._base import LORA_DEFAULTS, Method, lora_layers
+
+D, N, K = 100, 1600, 4
+PROBLEM_SEED = 1234  # fixed: every trial of a sweep fits the same problem; the trial seed is the init's
+SHARED = dict(gamma=1.0, reg=1e-3, optimizer="sgd", use_rslora=False)
+
+
+@dataclass(frozen=True)
+class Toy:
+    singular_values: tuple
+    rank: int
+    lr: float           # the paper's step size: the trial default
+    steps: int
+    eval_interval: int
+    ladder: tuple       # the sweep's default learning rates
+    init_scale: float   # std of LoRA's Gaussian A₀; 0 keeps PEFT's kaiming-uniform init
+
+
+TASKS = {
+    "toy-linear": Toy((1.0, 1.0, 1.0, 1.0), rank=8, lr=1 / 64, steps=1500, eval_interval=50,
+                      ladder=tuple(2.0 ** -e for e in range(10, 3, -1)), init_scale=1e-3),
+    "toy-linear-illcond": Toy((1.0, 0.75, 0.5, 0.25), rank=4, lr=0.5, steps=100, eval_interval=5,
+                              ladder=tuple(2.0 ** -e for e in range(6, -1, -1)), init_scale=0.0),
+}
+
+
+def is_toy(task: str) -> bool:
+    return task in TASKS
+
+
+def trial_defaults(task: str) -> dict:
+    """TrialConfig fields a toy task sets in place of the preset's LLM sizes."""
+    toy = TASKS[task]
+    return dict(model=f"linear-{D}x{D}", lr=toy.lr, steps=toy.steps, eval_interval=toy.eval_interval,
+                eval_limit=0)
+
+
+def keeps_lora_init(method: Method) -> bool:
+    """Whether the adapters start as PEFT's LoRA (B = 0): the only init that init_scale changes."""
+    return (type(method).lora_config is Method.lora_config
+            and type(method).init_adapters is Method.init_adapters)
+
+
+def resolve_hparams(task: str, name: str, overrides: dict) -> dict:
+    """The method's hyperparameters under the task's defaults (only keys the method has), with
+    alpha = rank unless given (s = 1), and init_scale for methods with LoRA's init."""
+    toy, method = TASKS[task], methods.get(name)
+    overrides = dict(overrides)
+    scale = overrides.pop("init_scale", None)
+    known = {**LORA_DEFAULTS, **method.defaults}
+    defaults = {k: v for k, v in {**SHARED, "rank": toy.rank}.items() if k in known}
+    hp = method.resolve({**defaults, **overrides})
+    if "alpha" not in overrides:
+        hp["alpha"] = float(hp["rank"])
+    if not keeps_lora_init(method):
+        if scale is not None:
+            raise UsageError(f"init_scale sets LoRA's Gaussian A₀: method {name} has its own init")
+        return hp
+    return {**hp, "init_scale": positive("init_scale", toy.init_scale if scale is None else scale,
+                                         allow_zero=True)}
+
+
+def problem(task: str):
+    """(R, Y, W₀, Θ) in float64, weights in out×in convention. R (D×D) has RᵀR = XᵀX, so the loss
+    on (R, Y = R (W₀ + Θ)ᵀ) is the loss on the N inputs X, at a sixteenth of the cost. W₀ is
+    rounded to float32, the dtype the adapters are initialized in, so both dtypes hold the same base."""
+    g = torch.Generator().manual_seed(PROBLEM_SEED)
+    normal = lambda *shape: torch.randn(*shape, generator=g, dtype=torch.float64)
+    X = normal(N, D)
+    W0 = normal(D, D).float().double()
+    U, V = torch.linalg.qr(normal(D, K)).Q, torch.linalg.qr(normal(D, K)).Q
+    theta = U @ torch.diag(torch.tensor(TASKS[task].singular_values, dtype=torch.float64)) @ V.T
+    R = torch.linalg.qr(X).R
+    return R, R @ (W0 + theta).T, W0, theta
+
+
+def loss_of(model, R, Y) -> torch.Tensor:
+    """‖X Wᵀ − X (W₀ + Θ)ᵀ‖²_F / 2N: the full-batch training loss."""
+    return (model(R) - Y).square().sum() / (2 * N)
+
+
+def top_right(M: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.svd(M, full_matrices=False).Vh[:K].T
+
+
+def build(cfg, R, Y, W0):
+    """(PEFT model in float64, its LoRA layer, G) with the method's init, as the LLM path does it."""
+    method = methods.get(cfg.method)
+    model = torch.nn.Sequential(OrderedDict(linear=torch.nn.Linear(D, D, bias=False)))
+    with torch.no_grad():
+        model.linear.weight.copy_(W0)
+    G = torch.autograd.grad(loss_of(model, R.float(), Y.float()), model.linear.weight)[0]
+    model.requires_grad_(False)
+    config = method.lora_config(cfg.hparams, ["linear"])
+    config.task_type = None  # a bare module, not a causal LM
+    model = get_peft_model(model, config)
+    method.init_adapters(model, cfg.hparams, {"linear": G} if method.needs_gradients else None)
+    (_, layer), = lora_layers(model)
+    if cfg.hparams.get("init_scale"):
+        with torch.no_grad():
+            layer.lora_A["default"].weight.normal_(0.0, cfg.hparams["init_scale"])
+    # Init in float32 as the LLM path does (PEFT's PiSSA refuses float64); train in float64 so the
+    # risk resolves far below float32's floor (about 1e-11 here).
+    return model.double(), layer, G.double()
+
+
+def run_trial(cfg, report=None) -> dict:
+    """Full-batch training of one resolved toy config; reports like harness.train.run_trial (with
+    val_loss = risk, plus alignment) and writes <out>/metrics.json."""
+    start = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    R, Y, W0, theta = problem(cfg.task)
+    model, layer, G = build(cfg, R, Y, W0)
+    target = W0 + theta
+    optimizer = methods.get(cfg.method).optimizer(model, cfg.lr, cfg.hparams, cfg.weight_decay)
+    top_G, ceiling = top_right(G), cfg.diverge_factor * theta.square().sum().item() / 2
+
+    @torch.no_grad()
+    def measure(step, loss):
+        weight = layer.get_base_layer().weight + layer.get_delta_weight("default")
+        risk = (weight - target).square().sum().item() / 2
+        point = dict(step=step, train_loss=loss, lr=cfg.lr)
+        if math.isfinite(risk) and risk <= ceiling:  # worse than no fine-tuning by diverge_factor
+            align = (top_G.T @ top_right(layer.lora_A["default"].weight)).square().sum().item() / K
+            point.update(val_loss=risk, alignment=align)
+        if report:
+            report(point)
+        return point
+
+    history, status = [], "finished"
+    for step in range(cfg.steps + 1):
+        loss = loss_of(model, R, Y)
+        if step % cfg.eval_interval == 0 or step == cfg.steps:
+            history.append(measure(step, loss.item()))
+            if "val_loss" not in history[-1]:
+                status = "diverged"
+                break
+        if step < cfg.steps:
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    risks = [p["val_loss"] for p in history if "val_loss" in p]
+    last = history[-1]
+    result = dict(status=status, step=last["step"], val_loss=risks[-1], val_loss_init=risks[0],
+                  best_val_loss=min(risks), train_loss=last["train_loss"],
+                  alignment=last.get("alignment"), seconds=time.perf_counter() - start)
+    Path(cfg.out, "metrics.json").write_text(json.dumps(
+        {"config": cfg.to_dict(), **result, "history": history}, indent=2))
+    return result

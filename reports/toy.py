@@ -1,0 +1,51 @@
+"""The toy tasks' report section: risk (log scale) and subspace alignment against iteration for
+each method at its best learning rate, as the LoRA-One paper plots its linear-model experiments.
+The PNGs are also written beside the report (report.md links them)."""
+
+import math
+import statistics
+from pathlib import Path
+
+from reports import plots
+from reports.plots import lr_label
+from reports.render import figure_html
+
+
+def _mean_by_step(histories) -> list:
+    by_step = {}
+    for history in histories:
+        for step, value in history:
+            if math.isfinite(value):
+                by_step.setdefault(step, []).append(value)
+    return [(s, statistics.fmean(vs)) for s, vs in sorted(by_step.items())]
+
+
+def _alignment(analysis, rows, name) -> list:
+    """Alignment over steps, mean over the seeds of the method's best lr and hyperparameters."""
+    m = analysis["methods"][name]
+    kept = [r["alignment"] for r in rows if r["method"] == name and r["status"] == "finished"
+            and math.isclose(r["lr"], m["best_lr"], rel_tol=1e-6) and r["hparams"] == (m["best_hparams"] or {})]
+    return _mean_by_step(kept)
+
+
+def section(analysis, rows, folder) -> tuple:
+    """(heading, html, markdown) with the two figures; writes risk.png and alignment.png to folder."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    best = {n: m for n, m in analysis["methods"].items() if m["best_lr"] is not None}
+    label = {n: f"{n} (lr {lr_label(m['best_lr'])})" for n, m in best.items()}
+    risk = plots.step_curves({label[n]: m["best_curve"] for n, m in best.items()}, log=True,
+                             ylabel="risk ‖W − W*‖²/2 (log scale)", title="Risk at each method's best learning rate",
+                             path=folder / "risk.png")
+    align = plots.step_curves({label[n]: _alignment(analysis, rows, n) for n in best},
+                              ylabel="alignment with G's top-K subspace",
+                              title="Subspace alignment at each method's best learning rate",
+                              path=folder / "alignment.png")
+    none = sorted(set(analysis["methods"]) - set(best))
+    note = ("On toy tasks the validation loss is the risk ‖W₀ + s·BA − (W₀ + Θ)‖²_F / 2; alignment is "
+            "‖V_K(G)ᵀ V_K(A)‖²_F / K (see docs/toy.md)."
+            + (f" No usable learning rate (every rung diverged): {', '.join(none)}." if none else ""))
+    figures = [("risk against iteration (log scale)", risk), ("subspace alignment against iteration", align)]
+    markup = f"<p>{note}</p>\n" + "\n".join(figure_html(alt, png) for alt, png in figures)
+    markdown = note + "\n\n![risk against iteration](risk.png)\n\n![alignment against iteration](alignment.png)"
+    return "Toy task: risk and alignment against iteration", markup, markdown
