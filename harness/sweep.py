@@ -165,7 +165,11 @@ def train_trial(config: dict, base: dict):
         ray.tune.report({**point, "val_loss": last["val_loss"], "status": "diverged" if diverged else "running",
                          "objective": DIVERGED if diverged else point["val_loss"]})
 
-    result = run_trial(cfg, report=report)
+    try:
+        result = run_trial(cfg, report=report)
+    except torch.OutOfMemoryError as err:  # the allocation that failed is no help: name the fix
+        raise torch.OutOfMemoryError(f"out of memory: {err}: lower --batch-size or --max-length, or "
+                                     f"give the trial more memory (--gpus-per-trial)") from err
     scores = {}
     if result["status"] == "finished" and cfg.eval_limit:
         scores = score(cfg)

@@ -153,7 +153,7 @@ def sweep_rows(uri: str, task: str, name: str) -> tuple[str, dict, list[dict]]:
             history[point.step] = point.value  # a resumed trial may log a step twice: keep the last
         row = dict(method=method, lr=lr, seed=seed, hparams=params, history=sorted(history.items()),
                    status=run.data.tags.get("status", "running"), error=run.data.tags.get("error"),
-                   **{k: run.data.metrics.get(k) for k in ("val_loss",) + FINAL_METRICS})
+                   **{k: run.data.metrics.get(k) for k in ("val_loss", "attempts") + FINAL_METRICS})
         rows[(method, lr, seed, tuple(sorted(params.items())))] = row
     return parent, mlf.get_run(parent).data.params, _searched_only(list(rows.values()))
 
@@ -206,6 +206,10 @@ class Tracker(Callback):
         params = {"method": cfg["method"], "lr": cfg["lr"], "seed": cfg["seed"], **hparams}
         self.mlf.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
 
+    def _log_attempts(self, run_id, attempts: int):
+        """How often the trial ran: 1 + the retries after crashes (--max-failures)."""
+        self.mlf.log_metric(run_id, "attempts", attempts)
+
     def on_trial_start(self, iteration, trials, trial, **info):
         self.run_of(trial)
 
@@ -224,6 +228,7 @@ class Tracker(Callback):
         status = self.last.get(trial.trial_id, {}).get("status", "finished")
         status = "stopped" if status == "running" else status  # early-stopped by the scheduler
         self.mlf.set_tag(run_id, "status", status)
+        self._log_attempts(run_id, trial.num_failures + 1)
         out = self.last.get(trial.trial_id, {}).get("out", "")
         for name in ("adapter", "gsm8k_samples.jsonl", "metrics.json") if out else ():
             path = Path(out, name)
@@ -236,10 +241,13 @@ class Tracker(Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         run_id = self.run_of(trial)
         self.mlf.set_tag(run_id, "status", "failed")
-        self.mlf.set_tag(run_id, "error", _error_text(trial)[-4000:])
+        self.mlf.set_tag(run_id, "error", _error_text(trial))
+        self._log_attempts(run_id, trial.num_failures)  # Tune counts every failed attempt
         self.mlf.set_terminated(run_id, "FAILED")
 
 
 def _error_text(trial) -> str:
+    """The exception line first (what reports show), then the end of the traceback."""
     path = trial.error_file
-    return Path(path).read_text() if path and Path(path).is_file() else "unknown error"
+    text = Path(path).read_text().strip() if path and Path(path).is_file() else ""
+    return f"{text.splitlines()[-1][:300]}\n{text[-4000:]}" if text else "unknown error"
