@@ -19,6 +19,9 @@ def quiet_libraries():
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    # MLflow prints "View run ... at <tracking URI>" for every run it ends on a server: noise
+    # between the progress lines, and the URI's password with it.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import transformers
     transformers.utils.logging.disable_progress_bar()
@@ -236,13 +239,16 @@ def methods_list(text: str) -> list[str]:
     return names
 
 
+def ui_command(uri: str, host: str, port: int) -> list[str]:
+    return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
+            "--host", host, "--port", str(port), "--workers", "1"]
+
+
 def cmd_ui(args):
     from harness.tracking import redact, resolve_uri
     uri = resolve_uri(args.tracking_uri, Path(args.storage or "runs").resolve())
     print(f"MLflow UI for {redact(uri)} at http://{args.host}:{args.port}", flush=True)
-    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
-               "--host", args.host, "--port", str(args.port), "--workers", "1"]
-    os.execv(sys.executable, command)
+    os.execv(sys.executable, ui_command(uri, args.host, args.port))
 
 
 def add_run_options(p):

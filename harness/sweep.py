@@ -220,6 +220,7 @@ def build_tuner(sc: SweepConfig, plan: list[dict], parent_id: str):
     base = {"trial": template, "cpus": cpus, "sweep_dir": str(sc.path)}
     trainable = tune.with_resources(tune.with_parameters(train_trial, base=base), {"cpu": cpus, "gpu": gpus})
     if sc.resume:
+        tracking.Tracker.uri = sc.tracking_uri  # not pickled with the tracker
         return tune.Tuner.restore(str(sc.path), trainable, resume_errored=True)
     total = trial_count(sc, plan)
     callbacks = [tracking.Tracker(sc.tracking_uri, sc.trial.task, sc.name, parent_id), Progress(total)]

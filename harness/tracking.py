@@ -10,6 +10,7 @@ import platform
 import re
 import subprocess
 import time
+import urllib.parse
 import urllib.request
 from importlib import metadata
 from pathlib import Path
@@ -36,8 +37,12 @@ def resolve_uri(uri: str, root: Path) -> str:
     if not uri:
         return f"sqlite:///{(root / 'mlflow.db').resolve()}"
     if uri.startswith(("http://", "https://")):
+        # urllib takes user:password@ for part of the host name: check the server without them
+        # (its /health needs no login).
+        parts = urllib.parse.urlsplit(uri)
+        health = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl().rstrip("/") + "/health"
         try:
-            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5)
+            urllib.request.urlopen(health, timeout=5)
         except Exception:
             raise UsageError(f"tracking server {redact(uri)} is unreachable: start it "
                              f"(mlflow server) or pass another --tracking-uri") from None
@@ -171,12 +176,16 @@ def _searched_only(rows: list[dict]) -> list[dict]:
 class Tracker(Callback):
     """Mirrors every trial into a child run: params, metric histories, status, artifacts."""
 
+    uri = ""  # of a tracker restored by Tune.restore: set by the driver that resumes
+
     def __init__(self, uri: str, task: str, sweep: str, parent_id: str):
         self.uri, self.task, self.sweep, self.parent_id = uri, task, sweep, parent_id
         self.runs, self.last = {}, {}
 
-    def __getstate__(self):  # Tune pickles callbacks with the experiment; clients do not pickle
-        return {k: v for k, v in self.__dict__.items() if k not in ("_mlf", "runs")} | {"runs": {}}
+    def __getstate__(self):
+        # Tune pickles callbacks with the experiment (tuner.pkl): clients do not pickle, and the
+        # URI may hold a password, which must not be saved.
+        return {k: v for k, v in self.__dict__.items() if k not in ("_mlf", "runs", "uri")} | {"runs": {}}
 
     @property
     def mlf(self):
