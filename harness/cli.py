@@ -19,6 +19,9 @@ def quiet_libraries():
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    # MLflow prints "View run ... at <tracking URI>" for every run it ends on a server: noise
+    # between the progress lines, and the URI's password with it.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import transformers
     transformers.utils.logging.disable_progress_bar()
@@ -107,22 +110,71 @@ def parse_lrs(text: str) -> list:
     return [parse_number(x) for x in text.split(",") if x.strip()]
 
 
-def cmd_run(args):
-    from harness import sweep, tracking
-    from harness.report import report
+def sweep_config(args):
+    from harness import sweep
     names = methods_list(args.methods)
-    sc = sweep.SweepConfig(
+    return sweep.SweepConfig(
         methods=names, trial=config_from(args, method=names[0], lr=1.0, seed=args.seed),
         name=args.resume or args.name, search=args.search, trials=args.trials, scheduler=args.scheduler,
         seeds=args.seeds, lrs=args.lrs, cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
         max_failures=args.max_failures, address=args.address, storage=args.storage,
         tracking_uri=args.tracking_uri, resume=bool(args.resume), spaces=args.spaces)
+
+
+# May differ on resume: where the sweep runs, not what it runs (and the template's method, which
+# follows --methods, compared itself). The tracking store may not: its runs hold the sweep so far.
+WHERE = ("storage", "address", "resume", "method")
+
+
+def flat(sc) -> dict:
+    from dataclasses import asdict
+    return {**asdict(sc.trial), **{k: v for k, v in asdict(sc).items() if k != "trial"}}
+
+
+def same(key: str, given, saved) -> bool:
+    from harness.tracking import redact
+    if key in ("data_dir", "spaces"):
+        return str(Path(given).expanduser().resolve()) == saved
+    if key == "tracking_uri":  # saved without its password
+        return redact(given) == saved
+    return given == saved
+
+
+def shown(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def resumed_config(args):
+    """The saved config of the sweep to resume. Tune restores the sweep as it was planned, so an
+    option that would change what it runs is an error, not silently ignored; repeating the saved
+    value is fine (the original command line with --resume added works)."""
+    from harness import sweep
+    sc = sweep.load_config(args.storage, args.resume)
+    given, default, saved = flat(sweep_config(args)), flat(sweep_config(build_parser().parse_args(["run"]))), flat(sc)
+    for key, value in given.items():
+        if key not in WHERE and value != default[key] and not same(key, value, saved[key]):
+            flag = f"--{key.replace('_', '-')}"
+            raise UsageError(f"{flag} {shown(value)} differs from sweep {sc.name!r}, saved with {shown(saved[key])}: "
+                             f"a resumed sweep keeps its settings: leave {flag} out, or start a new sweep with --name")
+    sc.storage, sc.address = args.storage or sc.storage, args.address or sc.address
+    if args.tracking_uri or "***" in sc.tracking_uri:  # the password was not saved: it must be given again
+        sc.tracking_uri = args.tracking_uri
+        if not (sc.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")):
+            raise UsageError(f"sweep {sc.name!r} records to a tracking server with a password, which is not "
+                             f"saved: give --tracking-uri (or MLFLOW_TRACKING_URI) again")
+    return sc
+
+
+def cmd_run(args):
+    from harness import sweep, tracking
+    from harness.report import report
+    sc = resumed_config(args) if args.resume else sweep_config(args)
     plan = sweep.prepare(sc)
     if args.dry_run:
         print(sweep.describe(sc, plan))
         return 0
-    print(f"sweep {sc.name}: {sweep.trial_count(sc, plan)} trials of {', '.join(names)} on preset {sc.trial.preset}; "
+    print(f"sweep {sc.name}: {sweep.trial_count(sc, plan)} trials of {', '.join(sc.methods)} on preset {sc.trial.preset}; "
           f"tracking {tracking.redact(sc.tracking_uri)}; log {sc.path / 'harness.log'}")
     rows = sweep.run(sc, plan)
     print("\n" + sweep.table(rows))
@@ -192,13 +244,16 @@ def methods_list(text: str) -> list[str]:
     return names
 
 
+def ui_command(uri: str, host: str, port: int) -> list[str]:
+    return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
+            "--host", host, "--port", str(port), "--workers", "1"]
+
+
 def cmd_ui(args):
     from harness.tracking import redact, resolve_uri
     uri = resolve_uri(args.tracking_uri, Path(args.storage or "runs").resolve())
     print(f"MLflow UI for {redact(uri)} at http://{args.host}:{args.port}", flush=True)
-    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
-               "--host", args.host, "--port", str(args.port), "--workers", "1"]
-    os.execv(sys.executable, command)
+    os.execv(sys.executable, ui_command(uri, args.host, args.port))
 
 
 def add_run_options(p):

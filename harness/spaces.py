@@ -21,6 +21,9 @@ def _read(path: Path):
     except yaml.YAMLError as err:
         line = getattr(getattr(err, "problem_mark", None), "line", None)
         where = f" line {line + 1}" if line is not None else ""
+        if isinstance(err, yaml.constructor.ConstructorError):  # e.g. !!python/object: never run
+            raise UsageError(f"{path}{where}: {err.problem}: only plain YAML values are allowed, "
+                             f"remove the tag") from None
         raise UsageError(f"{path}{where} is not valid YAML: fix the file") from None
 
 

@@ -5,6 +5,7 @@ every interval, then is scored by lm-eval. MLflow records are written from the d
 
 import json
 import logging
+import logging.handlers
 import os
 import socket
 import sys
@@ -18,6 +19,7 @@ import methods
 from harness import data, spaces, toy, tracking
 from harness.config import TrialConfig, UsageError, positive, resolve, trial_spec
 
+CONFIG_FILE = "sweep.json"
 DIVERGED = 1e9  # the objective of a diverged trial: worse than any real loss, still finite for MLflow
 PARAMS = {"tiny": 3.3e6, "smollm2-135m": 134.5e6, "Qwen/Qwen3-0.6B": 0.6e9,
           "meta-llama/Llama-2-7b-hf": 6.74e9}
@@ -183,7 +185,11 @@ def train_trial(config: dict, base: dict):
         ray.tune.report({**point, "val_loss": last["val_loss"], "status": "diverged" if diverged else "running",
                          "objective": DIVERGED if diverged else point["val_loss"]})
 
-    result = run_trial(cfg, report=report)
+    try:
+        result = run_trial(cfg, report=report)
+    except torch.OutOfMemoryError as err:  # the allocation that failed is no help: name the fix
+        raise torch.OutOfMemoryError(f"out of memory: {err}: lower --batch-size or --max-length, or "
+                                     f"give the trial more memory (--gpus-per-trial)") from err
     scores = {}
     if result["status"] == "finished" and cfg.eval_limit:
         scores = score(cfg)
@@ -232,6 +238,7 @@ def build_tuner(sc: SweepConfig, plan: list[dict], parent_id: str):
     base = {"trial": template, "cpus": cpus, "sweep_dir": str(sc.path)}
     trainable = tune.with_resources(tune.with_parameters(train_trial, base=base), {"cpu": cpus, "gpu": gpus})
     if sc.resume:
+        tracking.Tracker.uri = sc.tracking_uri  # not pickled with the tracker
         return tune.Tuner.restore(str(sc.path), trainable, resume_errored=True)
     total = trial_count(sc, plan)
     callbacks = [tracking.Tracker(sc.tracking_uri, sc.trial.task, sc.name, parent_id), Progress(total)]
@@ -283,28 +290,44 @@ def start_ray(sc: SweepConfig):
         raise UsageError(f"--gpus-per-trial {sc.gpus_per_trial:g} but the cluster at {address} has no GPUs")
 
 
-def log_to_file(path: Path):
-    """Library logging goes to <sweep>/harness.log, not the terminal."""
+def _route_logs(handler: logging.Handler):
+    """Every library logger propagates to the root, whose only handler is `handler`: a handler on
+    the library logger itself would not do, as ray.init clears the "ray" logger's handlers."""
+    logging.getLogger().handlers = [handler]
+    for name in ("ray", "ray.tune", "ray.train", "mlflow", "lm-eval", "lm_eval", "alembic"):
+        logger = logging.getLogger(name)
+        logger.handlers = []
+        logger.propagate = True
+
+
+def hold_logs() -> logging.handlers.MemoryHandler:
+    """Library logging is held in memory, away from the terminal, until `log_to_file`: ray.init
+    logs (its token-auth notice) before the sweep folder may be created."""
     import mlflow  # noqa: F401  (installs its own handlers on import: replace them afterwards)
+    held = logging.handlers.MemoryHandler(capacity=100_000, flushLevel=logging.CRITICAL + 1)
+    _route_logs(held)
+    return held
+
+
+def log_to_file(path: Path, held: logging.handlers.MemoryHandler):
+    """Library logging, and what `held` kept, goes to <sweep>/harness.log."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-    for name in ("", "ray", "ray.tune", "ray.train", "mlflow", "lm-eval", "lm_eval", "alembic"):
-        logger = logging.getLogger(name)
-        logger.handlers = [handler]
-        logger.propagate = name == ""
+    held.setTarget(handler)
+    held.close()  # flushes into the file
+    _route_logs(handler)
 
 
 def run(sc: SweepConfig, plan: list[dict], tags: dict | None = None) -> list[dict]:
     """Run (or resume) the sweep; returns one summary row per trial, also in <sweep>/results.json."""
     import ray
-    params = {"methods": ",".join(sc.methods), **{k: v for k, v in asdict(sc).items()
-                                                  if k not in ("methods", "trial")},
-              **{f"trial.{k}": v for k, v in asdict(sc.trial).items() if k not in ("method", "lr", "seed")}}
-    params["tracking_uri"] = tracking.redact(sc.tracking_uri)
-    start_ray(sc)  # first: an unreachable cluster must leave no run or folder behind
-    log_to_file(sc.path / "harness.log")
-    parent_id = tracking.start_sweep(sc.tracking_uri, sc.trial.task, sc.name, params, tags or {})
+    held = hold_logs()
+    start_ray(sc)  # before any file: an unreachable cluster must leave no run or folder behind
+    log_to_file(sc.path / "harness.log", held)
+    if not sc.resume:
+        save_config(sc)
+    parent_id = tracking.start_sweep(sc.tracking_uri, sc.trial.task, sc.name, run_params(sc), tags or {})
     status = "FAILED"
     try:
         grid = build_tuner(sc, plan, parent_id).fit()
@@ -316,6 +339,31 @@ def run(sc: SweepConfig, plan: list[dict], tags: dict | None = None) -> list[dic
     rows.sort(key=lambda r: (r["method"], r["lr"], r["seed"]))
     (sc.path / "results.json").write_text(json.dumps(rows, indent=2))
     return rows
+
+
+def run_params(sc: SweepConfig) -> dict:
+    """The parent run's params: the resolved sweep and trial config, without secrets."""
+    params = {"methods": ",".join(sc.methods), **{k: v for k, v in asdict(sc).items()
+                                                  if k not in ("methods", "trial")},
+              **{f"trial.{k}": v for k, v in asdict(sc.trial).items() if k not in ("method", "lr", "seed")}}
+    params["tracking_uri"] = tracking.redact(sc.tracking_uri)
+    return params
+
+
+def save_config(sc: SweepConfig):
+    """<sweep>/sweep.json: the resolved config, so that `--resume NAME` needs no other flag.
+    The tracking URI is saved without its password (give it again on resume)."""
+    saved = {**asdict(sc), "tracking_uri": tracking.redact(sc.tracking_uri)}
+    (sc.path / CONFIG_FILE).write_text(json.dumps(saved, indent=2))
+
+
+def load_config(storage: str, name: str) -> SweepConfig:
+    """The saved config of sweep `name`, set to resume."""
+    path = Path(storage or "runs").resolve() / name / CONFIG_FILE
+    if not path.is_file():
+        raise UsageError(f"no sweep named {name!r} under {path.parents[1]}: check --resume and --storage")
+    saved = json.loads(path.read_text())
+    return SweepConfig(**{**saved, "trial": TrialConfig(**saved["trial"]), "resume": True})
 
 
 def summary_row(result) -> dict:

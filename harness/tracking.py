@@ -10,6 +10,7 @@ import platform
 import re
 import subprocess
 import time
+import urllib.parse
 import urllib.request
 from importlib import metadata
 from pathlib import Path
@@ -35,8 +36,12 @@ def resolve_uri(uri: str, root: Path) -> str:
     if not uri:
         return f"sqlite:///{(root / 'mlflow.db').resolve()}"
     if uri.startswith(("http://", "https://")):
+        # urllib takes user:password@ for part of the host name: check the server without them
+        # (its /health needs no login).
+        parts = urllib.parse.urlsplit(uri)
+        health = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl().rstrip("/") + "/health"
         try:
-            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5)
+            urllib.request.urlopen(health, timeout=5)
         except Exception:
             raise UsageError(f"tracking server {redact(uri)} is unreachable: start it "
                              f"(mlflow server) or pass another --tracking-uri") from None
@@ -150,7 +155,7 @@ def sweep_rows(uri: str, task: str, name: str) -> tuple[str, dict, list[dict]]:
         history, alignment = (_history(mlf, run.info.run_id, key) for key in ("val_loss", "alignment"))
         row = dict(method=method, lr=lr, seed=seed, hparams=params, history=history, alignment=alignment,
                    status=run.data.tags.get("status", "running"), error=run.data.tags.get("error"),
-                   **{k: run.data.metrics.get(k) for k in ("val_loss",) + FINAL_METRICS})
+                   **{k: run.data.metrics.get(k) for k in ("val_loss", "attempts") + FINAL_METRICS})
         rows[(method, lr, seed, tuple(sorted(params.items())))] = row
     return parent, mlf.get_run(parent).data.params, _searched_only(list(rows.values()))
 
@@ -176,12 +181,16 @@ def _searched_only(rows: list[dict]) -> list[dict]:
 class Tracker(Callback):
     """Mirrors every trial into a child run: params, metric histories, status, artifacts."""
 
+    uri = ""  # of a tracker restored by Tune.restore: set by the driver that resumes
+
     def __init__(self, uri: str, task: str, sweep: str, parent_id: str):
         self.uri, self.task, self.sweep, self.parent_id = uri, task, sweep, parent_id
         self.runs, self.last = {}, {}
 
-    def __getstate__(self):  # Tune pickles callbacks with the experiment; clients do not pickle
-        return {k: v for k, v in self.__dict__.items() if k not in ("_mlf", "runs")} | {"runs": {}}
+    def __getstate__(self):
+        # Tune pickles callbacks with the experiment (tuner.pkl): clients do not pickle, and the
+        # URI may hold a password, which must not be saved.
+        return {k: v for k, v in self.__dict__.items() if k not in ("_mlf", "runs", "uri")} | {"runs": {}}
 
     @property
     def mlf(self):
@@ -211,6 +220,10 @@ class Tracker(Callback):
         params = {"method": cfg["method"], "lr": cfg["lr"], "seed": cfg["seed"], **hparams}
         self.mlf.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
 
+    def _log_attempts(self, run_id, attempts: int):
+        """How often the trial ran: 1 + the retries after crashes (--max-failures)."""
+        self.mlf.log_metric(run_id, "attempts", attempts)
+
     def on_trial_start(self, iteration, trials, trial, **info):
         self.run_of(trial)
 
@@ -229,6 +242,7 @@ class Tracker(Callback):
         status = self.last.get(trial.trial_id, {}).get("status", "finished")
         status = "stopped" if status == "running" else status  # early-stopped by the scheduler
         self.mlf.set_tag(run_id, "status", status)
+        self._log_attempts(run_id, trial.num_failures + 1)
         out = self.last.get(trial.trial_id, {}).get("out", "")
         for name in ("adapter", "gsm8k_samples.jsonl", "metrics.json") if out else ():
             path = Path(out, name)
@@ -241,10 +255,13 @@ class Tracker(Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         run_id = self.run_of(trial)
         self.mlf.set_tag(run_id, "status", "failed")
-        self.mlf.set_tag(run_id, "error", _error_text(trial)[-4000:])
+        self.mlf.set_tag(run_id, "error", _error_text(trial))
+        self._log_attempts(run_id, trial.num_failures)  # Tune counts every failed attempt
         self.mlf.set_terminated(run_id, "FAILED")
 
 
 def _error_text(trial) -> str:
+    """The exception line first (what reports show), then the end of the traceback."""
     path = trial.error_file
-    return Path(path).read_text() if path and Path(path).is_file() else "unknown error"
+    text = Path(path).read_text().strip() if path and Path(path).is_file() else ""
+    return f"{text.splitlines()[-1][:300]}\n{text[-4000:]}" if text else "unknown error"

@@ -18,6 +18,14 @@ def broken_spaces(tmp):
     return folder
 
 
+def python_tag_spaces(tmp):
+    """A search space whose YAML would run a command if it were loaded unsafely."""
+    folder = tmp / "tagged"
+    shutil.copytree(FOLDER, folder)
+    (folder / "riemannian.yaml").write_text('method: riemannian\ngrid: !!python/object/apply:os.system ["touch hacked"]\n')
+    return folder
+
+
 def corrupt_data(tmp, data_dir):
     folder = tmp / "data" / "gsm8k"
     folder.mkdir(parents=True)
@@ -39,6 +47,7 @@ CASES = {
     "unknown task": (RUN + ["--task", "gsm9k"], "gsm9k"),
     "unknown preset": (["run", "--preset", "huge"], "huge"),
     "invalid search space": (RUN + ["--spaces", "{spaces}"], "riemannian.yaml"),
+    "python tag in a search space": (RUN + ["--spaces", "{tagged}"], "python/object/apply:os.system"),
     "negative lr": (["trial", "--method", "lora", "--lr", "-1", "--preset", "smoke"], "-1"),
     "lr not a number": (["trial", "--method", "lora", "--lr", "abc", "--preset", "smoke"], "abc"),
     "zero lr in ladder": (RUN + ["--lrs", "1e-4,0"], "0"),
@@ -59,7 +68,8 @@ CASES = {
 @pytest.mark.parametrize("case", CASES)
 def test_bad_input_is_one_line_and_exit_2(case, tmp_path, data_dir):
     args, needle = CASES[case]
-    values = {"spaces": broken_spaces(tmp_path), "corrupt": corrupt_data(tmp_path, data_dir),
+    values = {"spaces": broken_spaces(tmp_path), "tagged": python_tag_spaces(tmp_path),
+              "corrupt": corrupt_data(tmp_path, data_dir),
               "suite": suite_without_methods(tmp_path)}
     args = [a.format(**values) for a in args]
     if args[0] == "run" and "--data-dir" not in args:
@@ -75,5 +85,5 @@ def test_bad_input_is_one_line_and_exit_2(case, tmp_path, data_dir):
     assert len(lines) == 1 and lines[0].startswith("harness: error: "), proc.stderr
     assert needle in lines[0] and "Traceback" not in proc.stderr
     assert "hunter2" not in proc.stdout + proc.stderr
-    assert not any(work.iterdir()) and not (tmp_path / "store").exists()
+    assert not any(work.iterdir()) and not (tmp_path / "store").exists()  # and no `hacked` file
     assert (set(RAY_SESSIONS.glob("session_2*")) if RAY_SESSIONS.exists() else set()) == sessions

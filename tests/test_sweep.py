@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from harness.tracking import sweep_rows
 from helpers import run_cli, sweep_runs
 
 
@@ -94,8 +95,11 @@ def test_resume_after_the_driver_is_killed(tmp_path, data_dir):
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
     driver.wait()
     assert list(tmp_path.glob("killed/trials/*/metrics.json")), "no trial finished before the kill"
-    proc = run_cli("run", "--resume", "killed", "--storage", tmp_path, "--preset", "smoke",
-                   "--data-dir", data_dir)
+    # A flag that would change the saved sweep is refused before anything starts ...
+    conflict = run_cli("run", "--resume", "killed", "--storage", tmp_path, "--lrs", "5e-2")
+    assert conflict.returncode == 2 and "--lrs 0.05 differs" in conflict.stderr, conflict.stderr
+    # ... and the name alone resumes it with its saved settings; repeating them is fine too.
+    proc = run_cli("run", "--resume", "killed", "--storage", tmp_path, "--preset", "smoke")
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads((tmp_path / "killed" / "results.json").read_text())
     assert sorted(r["lr"] for r in rows) == [1e-2, 2e-2, 3e-2]
@@ -103,3 +107,9 @@ def test_resume_after_the_driver_is_killed(tmp_path, data_dir):
     _, parents, children = sweep_runs(tmp_path / "mlflow.db", "killed")
     assert len(parents) == 1
     assert sorted(float(r.data.params["lr"]) for r in children) == [1e-2, 2e-2, 3e-2]
+    # What the report reads and shows: each (method, lr, seed) once.
+    _, _, recorded = sweep_rows(f"sqlite:///{tmp_path / 'mlflow.db'}", "gsm8k", "killed")
+    assert sorted((r["method"], r["lr"], r["seed"]) for r in recorded) == [("lora", lr, 0) for lr in (1e-2, 2e-2, 3e-2)]
+    report = json.loads((tmp_path / "killed" / "report" / "report.json").read_text())["methods"]["lora"]
+    assert report["trials"] == 3 and [(g["lr"], g["trials"]) for g in report["rungs"]] == \
+        [(1e-2, 1), (2e-2, 1), (3e-2, 1)]
