@@ -96,8 +96,9 @@ def main():
                            data_dir=str(Path(args.data_dir).resolve()))
     with tempfile.TemporaryDirectory(prefix="ray_overhead-") as tmp:
         root = Path(tmp)
+        held = sweep.hold_logs()
         sweep.start_ray(sweep.SweepConfig(methods=[args.method], trial=template))
-        sweep.log_to_file(root / "harness.log")
+        sweep.log_to_file(root / "harness.log", held)
         rows = {"plain": [], "ray": []}
         try:
             for i in range(args.repeats):
