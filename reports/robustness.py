@@ -210,9 +210,14 @@ def _steps(trials, target):
 
 def _curve(trials):
     """[step, val_loss mean over the seeds that logged that step]."""
+    return mean_curve(t.get("history") or [] for t in trials)
+
+
+def mean_curve(histories) -> list:
+    """[step, mean of the finite values logged at that step] over several [(step, value)] histories."""
     by_step = {}
-    for t in trials:
-        for s, v in t.get("history") or []:
+    for history in histories:
+        for s, v in history:
             if _num(v) is not None:
                 by_step.setdefault(s, []).append(v)
     return [[s, statistics.fmean(vs)] for s, vs in sorted(by_step.items())]

@@ -3,21 +3,12 @@ each method at its best learning rate, as the LoRA-One paper plots its linear-mo
 The PNGs are also written beside the report (report.md links them)."""
 
 import math
-import statistics
 from pathlib import Path
 
 from reports import plots
 from reports.plots import lr_label
 from reports.render import figure_html
-
-
-def _mean_by_step(histories) -> list:
-    by_step = {}
-    for history in histories:
-        for step, value in history:
-            if math.isfinite(value):
-                by_step.setdefault(step, []).append(value)
-    return [(s, statistics.fmean(vs)) for s, vs in sorted(by_step.items())]
+from reports.robustness import mean_curve
 
 
 def _alignment(analysis, rows, name) -> list:
@@ -25,7 +16,7 @@ def _alignment(analysis, rows, name) -> list:
     m = analysis["methods"][name]
     kept = [r["alignment"] for r in rows if r["method"] == name and r["status"] == "finished"
             and math.isclose(r["lr"], m["best_lr"], rel_tol=1e-6) and r["hparams"] == (m["best_hparams"] or {})]
-    return _mean_by_step(kept)
+    return mean_curve(kept)
 
 
 def section(analysis, rows, folder) -> tuple:
