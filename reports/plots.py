@@ -59,36 +59,30 @@ def score_vs_lr(analysis, path=None) -> bytes:
 
 def loss_curves(analysis, path=None) -> bytes:
     """Validation loss over steps at each method's best lr (mean over seeds), with the target."""
-    fig = Figure(figsize=(8, 4.8), layout="constrained")
-    ax = fig.subplots()
-    for i, (name, m) in enumerate(analysis["methods"].items()):
-        if m["best_curve"]:
-            steps, losses = zip(*m["best_curve"])
-            ax.plot(steps, losses, color=_color(i), marker="o", ms=3, label=f"{name} (lr {lr_label(m['best_lr'])})")
-    if analysis["target_loss"] is not None:
-        ax.axhline(analysis["target_loss"], color="gray", ls="--", lw=1,
-                   label=f"target {analysis['target_loss']:.4f}")
-    if not ax.has_data():
-        ax.text(0.5, 0.5, "no validation history recorded", ha="center", transform=ax.transAxes)
-    ax.set_xlabel("training step")
-    ax.set_ylabel("validation loss (mean over seeds)")
-    ax.set_title("Validation loss at each method's best learning rate")
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize="small")
-    return _png(fig, path)
+    curves = {f"{name} (lr {lr_label(m['best_lr'])})" if m["best_curve"] else name: m["best_curve"]
+              for name, m in analysis["methods"].items()}  # every method: colors match the other figures
+    return step_curves(curves, xlabel="training step", ylabel="validation loss (mean over seeds)",
+                       title="Validation loss at each method's best learning rate", marker="o",
+                       target=analysis["target_loss"], path=path)
 
 
-def step_curves(curves: dict, *, ylabel: str, title: str, log=False, path=None) -> bytes:
-    """One line per label ({label: [(step, value)]}) over training steps, log y if asked."""
+def step_curves(curves: dict, *, ylabel: str, title: str, xlabel="iteration", log=False, marker="",
+                target=None, path=None) -> bytes:
+    """One line per label ({label: [(step, value)]}; an empty list keeps its color unused) over
+    training steps, log y if asked, and a dashed target line if given."""
     fig = Figure(figsize=(8, 4.8), layout="constrained")
     ax = fig.subplots()
     for i, (label, points) in enumerate(curves.items()):
         if points:
             steps, values = zip(*points)
-            ax.plot(steps, values, color=_color(i), label=label)
-    if log:
+            ax.plot(steps, values, color=_color(i), marker=marker, ms=3, label=label)
+    if target is not None:
+        ax.axhline(target, color="gray", ls="--", lw=1, label=f"target {target:.4f}")
+    if not ax.has_data():
+        ax.text(0.5, 0.5, "no history recorded", ha="center", transform=ax.transAxes)
+    elif log:
         ax.set_yscale("log")
-    ax.set_xlabel("iteration")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     if ax.get_legend_handles_labels()[0]:

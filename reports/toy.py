@@ -24,11 +24,12 @@ def section(analysis, rows, folder) -> tuple:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     best = {n: m for n, m in analysis["methods"].items() if m["best_lr"] is not None}
-    label = {n: f"{n} (lr {lr_label(m['best_lr'])})" for n, m in best.items()}
-    risk = plots.step_curves({label[n]: m["best_curve"] for n, m in best.items()}, log=True,
+    # every method, in the analysis's order, so that each keeps its color of the other figures
+    label = {n: f"{n} (lr {lr_label(best[n]['best_lr'])})" if n in best else n for n in analysis["methods"]}
+    risk = plots.step_curves({label[n]: best[n]["best_curve"] if n in best else [] for n in label}, log=True,
                              ylabel="risk ‖W − W*‖²/2 (log scale)", title="Risk at each method's best learning rate",
                              path=folder / "risk.png")
-    align = plots.step_curves({label[n]: _alignment(analysis, rows, n) for n in best},
+    align = plots.step_curves({label[n]: _alignment(analysis, rows, n) if n in best else [] for n in label},
                               ylabel="alignment with G's top-K subspace",
                               title="Subspace alignment at each method's best learning rate",
                               path=folder / "alignment.png")
