@@ -95,12 +95,8 @@ def cmd_trial(args):
     if not cfg.out:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         cfg.out = str(Path("runs", "trials", f"{cfg.method}-lr{cfg.lr:g}-seed{cfg.seed}-{stamp}").resolve())
-    from harness import toy
-    if toy.is_toy(cfg.task):
-        result = toy.run_trial(cfg)
-    else:
-        from harness.train import run_trial
-        result = run_trial(cfg, progress=True)
+    from harness import tasks
+    result = tasks.get(cfg.task).run(cfg)
     print(json.dumps(result, indent=2))
     print(f"metrics: {Path(cfg.out, 'metrics.json')}")
     return 0 if result["status"] == "finished" else 1
@@ -122,48 +118,10 @@ def sweep_config(args):
         tracking_uri=args.tracking_uri, resume=bool(args.resume), spaces=args.spaces)
 
 
-# May differ on resume: where the sweep runs, not what it runs (and the template's method, which
-# follows --methods, compared itself). The tracking store may not: its runs hold the sweep so far.
-WHERE = ("storage", "address", "resume", "method")
-
-
-def flat(sc) -> dict:
-    from dataclasses import asdict
-    return {**asdict(sc.trial), **{k: v for k, v in asdict(sc).items() if k != "trial"}}
-
-
-def same(key: str, given, saved) -> bool:
-    from harness.tracking import redact
-    if key in ("data_dir", "spaces"):
-        return str(Path(given).expanduser().resolve()) == saved
-    if key == "tracking_uri":  # saved without its password
-        return redact(given) == saved
-    return given == saved
-
-
-def shown(value) -> str:
-    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
-
-
 def resumed_config(args):
-    """The saved config of the sweep to resume. Tune restores the sweep as it was planned, so an
-    option that would change what it runs is an error, not silently ignored; repeating the saved
-    value is fine (the original command line with --resume added works)."""
-    from harness import sweep
-    sc = sweep.load_config(args.storage, args.resume)
-    given, default, saved = flat(sweep_config(args)), flat(sweep_config(build_parser().parse_args(["run"]))), flat(sc)
-    for key, value in given.items():
-        if key not in WHERE and value != default[key] and not same(key, value, saved[key]):
-            flag = f"--{key.replace('_', '-')}"
-            raise UsageError(f"{flag} {shown(value)} differs from sweep {sc.name!r}, saved with {shown(saved[key])}: "
-                             f"a resumed sweep keeps its settings: leave {flag} out, or start a new sweep with --name")
-    sc.storage, sc.address = args.storage or sc.storage, args.address or sc.address
-    if args.tracking_uri or "***" in sc.tracking_uri:  # the password was not saved: it must be given again
-        sc.tracking_uri = args.tracking_uri
-        if not (sc.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")):
-            raise UsageError(f"sweep {sc.name!r} records to a tracking server with a password, which is not "
-                             f"saved: give --tracking-uri (or MLFLOW_TRACKING_URI) again")
-    return sc
+    from harness import resume
+    blank = sweep_config(build_parser().parse_args(["run"]))
+    return resume.merge(resume.load(args.storage, args.resume), sweep_config(args), blank)
 
 
 def cmd_run(args):
@@ -244,16 +202,18 @@ def methods_list(text: str) -> list[str]:
     return names
 
 
-def ui_command(uri: str, host: str, port: int) -> list[str]:
-    return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
-            "--host", host, "--port", str(port), "--workers", "1"]
+def ui_command(uri: str, host: str, port: int) -> tuple[list[str], dict]:
+    """(argv, environment) of the MLflow server. The store URI goes in the environment, which only
+    its user can read: in argv, its password would show in every user's process list."""
+    argv = [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port), "--workers", "1"]
+    return argv, {**os.environ, "MLFLOW_BACKEND_STORE_URI": uri}
 
 
 def cmd_ui(args):
     from harness.tracking import redact, resolve_uri
     uri = resolve_uri(args.tracking_uri, Path(args.storage or "runs").resolve())
     print(f"MLflow UI for {redact(uri)} at http://{args.host}:{args.port}", flush=True)
-    os.execv(sys.executable, ui_command(uri, args.host, args.port))
+    os.execve(sys.executable, *ui_command(uri, args.host, args.port))
 
 
 def add_run_options(p):

@@ -67,10 +67,10 @@ class TrialConfig:
 
 def resolve(cfg: TrialConfig) -> TrialConfig:
     """Fill the fields left at None from the preset, then validate everything."""
-    from harness import toy
+    from harness import tasks
     if cfg.preset not in PRESETS:
         raise UsageError(f"unknown preset {cfg.preset!r}: choose one of {', '.join(PRESETS)}")
-    preset = {**COMMON, **PRESETS[cfg.preset], **(toy.trial_defaults(cfg.task) if toy.is_toy(cfg.task) else {})}
+    preset = {**COMMON, **PRESETS[cfg.preset], **tasks.get(cfg.task).defaults}
     for f in fields(cfg):
         if getattr(cfg, f.name) is None and f.name in preset:
             setattr(cfg, f.name, preset[f.name])
@@ -92,38 +92,17 @@ def positive(name: str, value, *, allow_zero=False):
     return value
 
 
-def tasks() -> tuple:
-    from harness import data, toy
-    return (*data.TASKS, *toy.TASKS)
-
-
-def hparams_for(task: str, method: str, overrides: dict) -> dict:
-    """A method's resolved hyperparameters; a toy task declares its own defaults."""
-    from methods import get as get_method
-    from harness import toy
-    if toy.is_toy(task):
-        return toy.resolve_hparams(task, method, overrides)
-    return get_method(method).resolve(overrides)
-
-
 def validate(cfg: TrialConfig):
-    from harness import toy
-    from harness.model import check_name
-
-    if cfg.task not in tasks():
-        raise UsageError(f"unknown task {cfg.task!r}: choose one of {', '.join(tasks())}")
+    from harness import tasks
+    task = tasks.get(cfg.task)
     if cfg.lr is None:
-        raise UsageError(f"--lr is required for task {cfg.task} (a toy task defaults to its step size)")
+        raise UsageError(f"--lr is required for task {cfg.task}: pass the learning rate")
     positive("--lr", cfg.lr)
     for name in ("steps", "batch_size", "grad_accum", "max_length", "eval_interval", "val_size"):
         positive(name, getattr(cfg, name))
     for name in ("train_size", "warmup_steps", "weight_decay", "eval_limit"):
         positive(name, getattr(cfg, name), allow_zero=True)
-    if toy.is_toy(cfg.task):
-        if cfg.eval_limit:
-            raise UsageError(f"task {cfg.task} has no GSM8K questions to score: drop --eval-limit")
-    else:
-        check_name(cfg.model)
+    task.validate(cfg)
     if cfg.data_dir and not Path(cfg.data_dir).is_dir():
         raise UsageError(f"data folder {cfg.data_dir} does not exist: pass --data-dir with a folder "
                          f"holding <task>/train.jsonl and test.jsonl")
@@ -131,7 +110,7 @@ def validate(cfg: TrialConfig):
         raise UsageError(f"unknown device {cfg.device!r}: use auto, cpu or cuda")
     if cfg.dtype not in ("auto", "float32", "bfloat16", "float16"):
         raise UsageError(f"unknown dtype {cfg.dtype!r}: use auto, float32, bfloat16 or float16")
-    cfg.hparams = hparams_for(cfg.task, cfg.method, cfg.hparams)
+    cfg.hparams = task.hparams(cfg.method, cfg.hparams)
 
 
 def trial_spec(config: dict) -> dict:

@@ -3,8 +3,7 @@
 from pathlib import Path
 
 import reports
-from harness import toy, tracking
-from reports import toy as toy_section
+from harness import tasks, tracking
 
 
 def analysis_of(uri: str, task: str, name: str, metric: str = "auto", **options) -> tuple:
@@ -27,5 +26,5 @@ def publish(uri: str, parent: str, analysis: dict, rows: list, folder: Path, tit
 
 def report(uri: str, task: str, name: str, folder: Path, **options) -> Path:
     parent, rows, analysis = analysis_of(uri, task, name, **options)
-    extra = [toy_section.section(analysis, rows, folder / "report")] if toy.is_toy(task) else []
+    extra = tasks.get(task).report_sections(analysis, rows, folder / "report")
     return publish(uri, parent, analysis, rows, folder / "report", f"Learning-rate robustness: {name}", extra)

@@ -1,7 +1,8 @@
 """Sweeps on Ray Tune: the plan, the trial function, progress, and the Tuner run.
 
 Each trial trains one (method, lr, seed, hyperparameters) config, reports validation loss at
-every interval, then is scored by lm-eval. MLflow records are written from the driver."""
+every interval, then is scored by its task (lm-eval on gsm8k). MLflow records are written from
+the driver."""
 
 import json
 import logging
@@ -16,13 +17,10 @@ from pathlib import Path
 from ray.tune import Callback
 
 import methods
-from harness import data, spaces, toy, tracking
+from harness import resume, spaces, tasks, tracking
 from harness.config import TrialConfig, UsageError, positive, resolve, trial_spec
 
-CONFIG_FILE = "sweep.json"
 DIVERGED = 1e9  # the objective of a diverged trial: worse than any real loss, still finite for MLflow
-PARAMS = {"tiny": 3.3e6, "smollm2-135m": 134.5e6, "Qwen/Qwen3-0.6B": 0.6e9,
-          "meta-llama/Llama-2-7b-hf": 6.74e9}
 
 
 @dataclass
@@ -66,9 +64,8 @@ def prepare(sc: SweepConfig) -> list[dict]:
     if not folder.is_dir():
         raise UsageError(f"--spaces {sc.spaces} is not a folder: pass a folder of search-space YAML files")
     sc.spaces = str(folder)
-    is_toy = toy.is_toy(sc.trial.task)
-    sc.lrs = [positive("--lrs value", lr) for lr in sc.lrs] or (
-        list(toy.TASKS[sc.trial.task].ladder) if is_toy else spaces.ladder(sc.trial.preset, folder))
+    task = tasks.get(sc.trial.task)
+    sc.lrs = [positive("--lrs value", lr) for lr in sc.lrs] or task.ladder(sc.trial.preset, folder)
     if "://" in sc.storage:
         raise UsageError(f"--storage {sc.storage} is a URI: pass a folder (on clusters, a folder "
                          f"on a file system shared by every node)")
@@ -83,8 +80,7 @@ def prepare(sc: SweepConfig) -> list[dict]:
                          f"use --resume {sc.name} to continue it, or another --name")
     _check_address(sc)
     _check_gpus(sc)
-    if sc.trial.data_dir and not is_toy:  # a missing file or corrupt row is reported now, not in every trial
-        data.load_rows(sc.trial.train_data or sc.trial.task, "train", sc.trial.data_dir)
+    task.preflight(sc.trial)
     sc.tracking_uri = tracking.resolve_uri(sc.tracking_uri, Path(sc.storage))
     seeds = list(range(sc.trial.seed, sc.trial.seed + sc.seeds))
     plan = spaces.plan(sc.methods, sc.trial.preset, sc.lrs, seeds, method_spaces(sc))
@@ -94,10 +90,7 @@ def prepare(sc: SweepConfig) -> list[dict]:
 
 
 def method_spaces(sc: SweepConfig) -> dict:
-    """The methods' search spaces; a toy task searches the lr only (its hyperparameters are the paper's)."""
-    if toy.is_toy(sc.trial.task):
-        return {m: {} for m in sc.methods}
-    return spaces.load(Path(sc.spaces))
+    return tasks.get(sc.trial.task).spaces(sc.methods, Path(sc.spaces))
 
 
 def _check_address(sc: SweepConfig):
@@ -141,37 +134,20 @@ def describe(sc: SweepConfig, plan: list[dict]) -> str:
     cpus, gpus = _resources(sc)
     lines.append(f"resources per trial: {cpus:g} CPUs, {gpus:g} GPUs; concurrency: "
                  f"{sc.max_concurrent or 'as resources allow'}")
-    if toy.is_toy(t.task):
-        lines.append(f"compute: {count} trials x {t.steps} full-batch steps of a {t.model} linear model "
-                     f"(seconds each on a CPU); no lm-eval scoring")
-        return "\n".join(lines)
-    tokens = t.steps * t.batch_size * t.grad_accum * t.max_length
-    params = PARAMS.get(t.model)
-    flops = f"{4 * params * tokens * count / 1e12:,.1f} TFLOP (4 x params x tokens)" if params else \
-        "unknown FLOPs (model size unknown)"
-    lines.append(f"compute: {count} trials x <= {tokens:,} training tokens = {flops}, "
-                 f"plus {t.eval_limit} GSM8K generations per trial")
+    lines.append(tasks.get(t.task).compute(t, count))
     return "\n".join(lines)
 
 
 def _resources(sc: SweepConfig) -> tuple[float, float]:
-    import torch
-    if toy.is_toy(sc.trial.task):  # one core is plenty for a 100x100 model
-        return sc.cpus_per_trial or 1, 0
-    gpus = sc.gpus_per_trial
-    cpus = sc.cpus_per_trial or (4 if gpus else max(1, (os.cpu_count() or 1)))
-    return cpus, gpus if gpus else (1 if torch.cuda.is_available() and not sc.address else 0)
+    return tasks.get(sc.trial.task).resources(sc.cpus_per_trial, sc.gpus_per_trial, bool(sc.address))
 
 
 def train_trial(config: dict, base: dict):
-    """The Tune trial: train, report every interval, score with lm-eval, report the final result."""
+    """The Tune trial: train, report every interval, score, report the final result."""
     import ray.tune
     import torch
 
-    if toy.is_toy(base["trial"]["task"]):
-        from harness.toy import run_trial
-    else:
-        from harness.train import run_trial
+    task = tasks.get(base["trial"]["task"])
     torch.set_num_threads(max(1, int(base["cpus"])))  # Ray may cap threads at 1 otherwise
     spec = trial_spec(config)
     # Under the sweep folder, not Ray's trial dir: on a cluster that one is on the worker's disk.
@@ -186,29 +162,14 @@ def train_trial(config: dict, base: dict):
                          "objective": DIVERGED if diverged else point["val_loss"]})
 
     try:
-        result = run_trial(cfg, report=report)
+        result = task.run(cfg, report=report)
     except torch.OutOfMemoryError as err:  # the allocation that failed is no help: name the fix
         raise torch.OutOfMemoryError(f"out of memory: {err}: lower --batch-size or --max-length, or "
                                      f"give the trial more memory (--gpus-per-trial)") from err
-    scores = {}
-    if result["status"] == "finished" and cfg.eval_limit:
-        scores = score(cfg)
+    scores = task.score(cfg) if result["status"] == "finished" else {}
     objective = result["val_loss"] if result["status"] == "finished" else DIVERGED
     ray.tune.report({**{k: v for k, v in result.items() if v is not None}, **scores,
                      "final": 1, "objective": objective, "out": out})
-
-
-def score(cfg: TrialConfig) -> dict:
-    """lm-eval on the saved adapter applied to a fresh original base (what a user would load)."""
-    from peft import PeftModel
-
-    from harness.evaluate import evaluate
-    from harness.model import load, pick_device, pick_dtype
-    device = pick_device(cfg.device)
-    base, tok = load(cfg.model, device, pick_dtype(device, cfg.dtype), cfg.trust_remote_code)
-    model = PeftModel.from_pretrained(base, str(Path(cfg.out, "adapter"))).merge_and_unload()
-    return evaluate(model, tok, task=cfg.task, data_dir=cfg.data_dir, limit=cfg.eval_limit,
-                    batch_size=max(cfg.batch_size, 8), out_dir=cfg.out)
 
 
 class OptunaSpace:
@@ -242,8 +203,8 @@ def build_tuner(sc: SweepConfig, plan: list[dict], parent_id: str):
         return tune.Tuner.restore(str(sc.path), trainable, resume_errored=True)
     total = trial_count(sc, plan)
     callbacks = [tracking.Tracker(sc.tracking_uri, sc.trial.task, sc.name, parent_id), Progress(total)]
-    # A toy trial takes about a second, a fresh worker process many more: keep the workers.
-    tune_config = dict(max_concurrent_trials=sc.max_concurrent or None, reuse_actors=toy.is_toy(sc.trial.task))
+    tune_config = dict(max_concurrent_trials=sc.max_concurrent or None,
+                       reuse_actors=tasks.get(sc.trial.task).reuse_workers)
     objective = dict(metric="objective", mode="min")  # given to the searcher and scheduler themselves
     if sc.search == "grid":
         param_space = {"trial": tune.grid_search(plan)}
@@ -326,7 +287,7 @@ def run(sc: SweepConfig, plan: list[dict], tags: dict | None = None) -> list[dic
     start_ray(sc)  # before any file: an unreachable cluster must leave no run or folder behind
     log_to_file(sc.path / "harness.log", held)
     if not sc.resume:
-        save_config(sc)
+        resume.save(sc)
     parent_id = tracking.start_sweep(sc.tracking_uri, sc.trial.task, sc.name, run_params(sc), tags or {})
     status = "FAILED"
     try:
@@ -348,22 +309,6 @@ def run_params(sc: SweepConfig) -> dict:
               **{f"trial.{k}": v for k, v in asdict(sc.trial).items() if k not in ("method", "lr", "seed")}}
     params["tracking_uri"] = tracking.redact(sc.tracking_uri)
     return params
-
-
-def save_config(sc: SweepConfig):
-    """<sweep>/sweep.json: the resolved config, so that `--resume NAME` needs no other flag.
-    The tracking URI is saved without its password (give it again on resume)."""
-    saved = {**asdict(sc), "tracking_uri": tracking.redact(sc.tracking_uri)}
-    (sc.path / CONFIG_FILE).write_text(json.dumps(saved, indent=2))
-
-
-def load_config(storage: str, name: str) -> SweepConfig:
-    """The saved config of sweep `name`, set to resume."""
-    path = Path(storage or "runs").resolve() / name / CONFIG_FILE
-    if not path.is_file():
-        raise UsageError(f"no sweep named {name!r} under {path.parents[1]}: check --resume and --storage")
-    saved = json.loads(path.read_text())
-    return SweepConfig(**{**saved, "trial": TrialConfig(**saved["trial"]), "resume": True})
 
 
 def summary_row(result) -> dict:

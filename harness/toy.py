@@ -14,7 +14,9 @@ Measured at every eval interval:
 - risk ‖W_eff − (W₀ + Θ)‖²_F / 2, W_eff the effective weight (base + s·BA); reported as val_loss.
 - alignment ‖V_K(G)ᵀ V_K(A)‖²_F / K, V_K(M) the top-K right singular vectors of M: the mean cos²
   of the principal angles between the input-side subspace of the adapter A (r×n; the paper's
-  d×r factor) and G's top-K input-side subspace. 1 = aligned, about K/n for a random A."""
+  d×r factor) and G's top-K input-side subspace. 1 = aligned, about K/n for a random A.
+- angle: the paper's measure of the same, ‖U_{K,⊥}(G)ᵀ U_K(A)‖_op in its d×r naming, the sine of
+  the largest of those principal angles. 0 = aligned."""
 
 import json
 import math
@@ -37,57 +39,84 @@ SHARED = dict(gamma=1.0, reg=1e-3, optimizer="sgd", use_rslora=False)
 
 @dataclass(frozen=True)
 class Toy:
+    """A toy task: the attributes of harness.tasks.LLMTask, for the linear model."""
     singular_values: tuple
     rank: int
     lr: float           # the paper's step size: the trial default
     steps: int
     eval_interval: int
-    ladder: tuple       # the sweep's default learning rates
+    ladder_lrs: tuple   # the sweep's default learning rates
     init_scale: float   # std of LoRA's Gaussian A₀; 0 keeps PEFT's kaiming-uniform init
+    reuse_workers = True  # a trial takes about a second, a fresh worker process many more
+
+    @property
+    def defaults(self) -> dict:
+        """TrialConfig fields the task sets in place of the preset's LLM sizes."""
+        return dict(model=f"linear-{D}x{D}", lr=self.lr, steps=self.steps,
+                    eval_interval=self.eval_interval, eval_limit=0)
+
+    def hparams(self, method: str, overrides: dict) -> dict:
+        """The method's hyperparameters under the task's defaults (only keys the method has), with
+        alpha = rank unless given (s = 1), and init_scale for methods with LoRA's init."""
+        name, method, overrides = method, methods.get(method), dict(overrides)
+        scale = overrides.pop("init_scale", None)
+        known = {**LORA_DEFAULTS, **method.defaults}
+        defaults = {k: v for k, v in {**SHARED, "rank": self.rank}.items() if k in known}
+        hp = method.resolve({**defaults, **overrides})
+        if "alpha" not in overrides:
+            hp["alpha"] = float(hp["rank"])
+        if not keeps_lora_init(method):
+            if scale is not None:
+                raise UsageError(f"init_scale sets LoRA's Gaussian A₀: method {name} has its own init")
+            return hp
+        return {**hp, "init_scale": positive("init_scale", self.init_scale if scale is None else scale,
+                                             allow_zero=True)}
+
+    def validate(self, cfg):
+        if cfg.eval_limit:
+            raise UsageError(f"task {cfg.task} has no GSM8K questions to score: drop --eval-limit")
+
+    def ladder(self, preset: str, folder: Path) -> list[float]:
+        return list(self.ladder_lrs)
+
+    def spaces(self, names: list[str], folder: Path) -> dict:
+        """The lr only: the other hyperparameters are the paper's."""
+        return {name: {} for name in names}
+
+    def preflight(self, trial):
+        """Nothing to check: the data is generated."""
+
+    def resources(self, cpus: float, gpus: float, remote: bool) -> tuple[float, float]:
+        return cpus or 1, 0  # one core is plenty for a 100x100 model
+
+    def compute(self, trial, count: int) -> str:
+        return (f"compute: {count} trials x {trial.steps} full-batch steps of a {trial.model} linear "
+                f"model (seconds each on a CPU); no lm-eval scoring")
+
+    def run(self, cfg, report=None) -> dict:
+        return run_trial(cfg, report)
+
+    def score(self, cfg) -> dict:
+        """The risk is the score: nothing to generate."""
+        return {}
+
+    def report_sections(self, analysis, rows, folder) -> list:
+        from reports import toy
+        return [toy.section(analysis, rows, folder)]
 
 
 TASKS = {
     "toy-linear": Toy((1.0, 1.0, 1.0, 1.0), rank=8, lr=1 / 64, steps=1500, eval_interval=50,
-                      ladder=tuple(2.0 ** -e for e in range(10, 3, -1)), init_scale=1e-3),
+                      ladder_lrs=tuple(2.0 ** -e for e in range(10, 3, -1)), init_scale=1e-3),
     "toy-linear-illcond": Toy((1.0, 0.75, 0.5, 0.25), rank=4, lr=0.5, steps=100, eval_interval=5,
-                              ladder=tuple(2.0 ** -e for e in range(6, -1, -1)), init_scale=0.0),
+                              ladder_lrs=tuple(2.0 ** -e for e in range(6, -1, -1)), init_scale=0.0),
 }
-
-
-def is_toy(task: str) -> bool:
-    return task in TASKS
-
-
-def trial_defaults(task: str) -> dict:
-    """TrialConfig fields a toy task sets in place of the preset's LLM sizes."""
-    toy = TASKS[task]
-    return dict(model=f"linear-{D}x{D}", lr=toy.lr, steps=toy.steps, eval_interval=toy.eval_interval,
-                eval_limit=0)
 
 
 def keeps_lora_init(method: Method) -> bool:
     """Whether the adapters start as PEFT's LoRA (B = 0): the only init that init_scale changes."""
     return (type(method).lora_config is Method.lora_config
             and type(method).init_adapters is Method.init_adapters)
-
-
-def resolve_hparams(task: str, name: str, overrides: dict) -> dict:
-    """The method's hyperparameters under the task's defaults (only keys the method has), with
-    alpha = rank unless given (s = 1), and init_scale for methods with LoRA's init."""
-    toy, method = TASKS[task], methods.get(name)
-    overrides = dict(overrides)
-    scale = overrides.pop("init_scale", None)
-    known = {**LORA_DEFAULTS, **method.defaults}
-    defaults = {k: v for k, v in {**SHARED, "rank": toy.rank}.items() if k in known}
-    hp = method.resolve({**defaults, **overrides})
-    if "alpha" not in overrides:
-        hp["alpha"] = float(hp["rank"])
-    if not keeps_lora_init(method):
-        if scale is not None:
-            raise UsageError(f"init_scale sets LoRA's Gaussian A₀: method {name} has its own init")
-        return hp
-    return {**hp, "init_scale": positive("init_scale", toy.init_scale if scale is None else scale,
-                                         allow_zero=True)}
 
 
 def problem(task: str):
@@ -109,8 +138,15 @@ def loss_of(model, R, Y) -> torch.Tensor:
     return (model(R) - Y).square().sum() / (2 * N)
 
 
-def top_right(M: torch.Tensor) -> torch.Tensor:
-    return torch.linalg.svd(M, full_matrices=False).Vh[:K].T
+def top_right(M: torch.Tensor, k: int = K) -> torch.Tensor:
+    return torch.linalg.svd(M, full_matrices=False).Vh[:k].T
+
+
+def subspace_angles(top_G: torch.Tensor, A: torch.Tensor, k: int = K) -> tuple[float, float]:
+    """(alignment, angle) of A's top-k input-side subspace against top_G's: the mean cos² of the
+    principal angles, and the sine of the largest (the paper's ‖U_{k,⊥}(G)ᵀ U_k(A)‖_op)."""
+    cosines = torch.linalg.svdvals(top_G.T @ top_right(A, k))
+    return cosines.square().mean().item(), (1 - cosines.min().square()).clamp(min=0).sqrt().item()
 
 
 def build(cfg, R, Y, W0):
@@ -152,8 +188,8 @@ def run_trial(cfg, report=None) -> dict:
         risk = (weight - target).square().sum().item() / 2
         point = dict(step=step, train_loss=loss, lr=cfg.lr)
         if math.isfinite(risk) and risk <= ceiling:  # worse than no fine-tuning by diverge_factor
-            align = (top_G.T @ top_right(layer.lora_A["default"].weight)).square().sum().item() / K
-            point.update(val_loss=risk, alignment=align)
+            align, angle = subspace_angles(top_G, layer.lora_A["default"].weight)
+            point.update(val_loss=risk, alignment=align, angle=angle)
         if report:
             report(point)
         return point
@@ -174,7 +210,7 @@ def run_trial(cfg, report=None) -> dict:
     last = history[-1]
     result = dict(status=status, step=last["step"], val_loss=risks[-1], val_loss_init=risks[0],
                   best_val_loss=min(risks), train_loss=last["train_loss"],
-                  alignment=last.get("alignment"), seconds=time.perf_counter() - start)
+                  alignment=last.get("alignment"), angle=last.get("angle"), seconds=time.perf_counter() - start)
     Path(cfg.out, "metrics.json").write_text(json.dumps(
         {"config": cfg.to_dict(), **result, "history": history}, indent=2))
     return result

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from ray.tune import Callback
 
-from harness.config import UsageError, hparams_for, trial_spec
+from harness import tasks
+from harness.config import UsageError, trial_spec
 
 STEP_METRICS = ("train_loss", "val_loss", "lr", "tokens_per_s", "peak_mem_mb", "alignment")
 FINAL_METRICS = ("val_loss_init", "best_val_loss", "step_seconds", "grad_seconds", "grad_peak_mb",
@@ -216,7 +217,7 @@ class Tracker(Callback):
 
     def _log_params(self, run_id, cfg):
         from mlflow.entities import Param
-        hparams = hparams_for(self.task, cfg["method"], cfg["hparams"])  # rank, alpha, ... too
+        hparams = tasks.get(self.task).hparams(cfg["method"], cfg["hparams"])  # rank, alpha, ... too
         params = {"method": cfg["method"], "lr": cfg["lr"], "seed": cfg["seed"], **hparams}
         self.mlf.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
 

@@ -104,8 +104,9 @@ def tracking_server(storage):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = subprocess.Popen(ui_command(f"sqlite:///{storage / 'mlflow.db'}", "127.0.0.1", port), cwd=storage,
-                              start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    argv, env = ui_command(f"sqlite:///{storage / 'mlflow.db'}", "127.0.0.1", port)
+    server = subprocess.Popen(argv, env=env, cwd=storage, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:

@@ -8,7 +8,8 @@ import torch
 
 from harness.cli import build_parser, config_from, ui_command
 from harness.config import TrialConfig, resolve
-from harness.sweep import SweepConfig, run_params, save_config
+from harness.resume import save
+from harness.sweep import SweepConfig, run_params
 from helpers import run_cli
 
 TRIAL = ["trial", "--method", "lora", "--lr", "1e-3", "--preset", "smoke"]
@@ -17,10 +18,16 @@ TRIAL = ["trial", "--method", "lora", "--lr", "1e-3", "--preset", "smoke"]
 def test_ui_binds_to_localhost_unless_told_otherwise():
     def host(*argv):
         args = build_parser().parse_args(["ui", *argv])
-        command = ui_command("sqlite:////tmp/mlflow.db", args.host, args.port)
+        command, _ = ui_command("sqlite:////tmp/mlflow.db", args.host, args.port)
         return command[command.index("--host") + 1]
     assert host() == "127.0.0.1"
     assert host("--host", "0.0.0.0") == "0.0.0.0"
+
+
+def test_ui_keeps_the_store_password_out_of_the_process_list():
+    command, env = ui_command("postgresql://user:s3cret@db/mlflow", "127.0.0.1", 5000)
+    assert not any("s3cret" in part for part in command)
+    assert env["MLFLOW_BACKEND_STORE_URI"] == "postgresql://user:s3cret@db/mlflow"
 
 
 def trial_config(*argv, data_dir=""):
@@ -47,7 +54,7 @@ def test_tracking_password_is_neither_recorded_nor_saved(tmp_path):
     sc = SweepConfig(methods=["lora"], trial=TrialConfig(method="lora", lr=1.0), name="s",
                      storage=str(tmp_path), tracking_uri=uri)
     (tmp_path / "s").mkdir()
-    save_config(sc)
+    save(sc)
     assert run_params(sc)["tracking_uri"] == "http://user:***@127.0.0.1:9"
     assert "s3cret" not in json.dumps(run_params(sc)) + (tmp_path / "s" / "sweep.json").read_text()
     # so a resume must be given the URI again, and says so before anything starts
