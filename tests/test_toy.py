@@ -1,8 +1,10 @@
 """The toy tasks reproduce the LoRA-One paper's qualitative results, through the real method modules."""
 
 import json
+import math
 
 import pytest
+import torch
 
 import methods
 from harness import toy
@@ -65,6 +67,17 @@ def test_smaller_init_aligns_better_and_ends_lower(tmp_path):
     assert small["alignment"] > large["alignment"]
     assert max(p["alignment"] for p in small_history) > max(p["alignment"] for p in large_history) + 0.05
     assert small["val_loss"] * 100 < large["val_loss"]
+    # the paper's measure (Fig. 2): the best sine of the largest principal angle, smaller for the smaller init
+    assert min(p["angle"] for p in small_history) + 0.2 < min(p["angle"] for p in large_history)
+
+
+def test_angle_is_the_sine_of_the_largest_principal_angle():
+    """Subspaces of R^3 at known angles: span(e1, e2) against span(e1, cos t e2 + sin t e3)."""
+    t = 0.3
+    G = torch.tensor([[1.0, 0, 0], [0, 1, 0], [0, 0, 0]], dtype=torch.float64)
+    A = torch.tensor([[1.0, 0, 0], [0, math.cos(t), math.sin(t)]], dtype=torch.float64)
+    alignment, angle = toy.subspace_angles(toy.top_right(G, 2), A, 2)
+    assert angle == pytest.approx(math.sin(t)) and alignment == pytest.approx((1 + math.cos(t) ** 2) / 2)
 
 
 def test_trials_are_deterministic(tmp_path):
