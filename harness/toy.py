@@ -58,16 +58,16 @@ class Toy:
     def hparams(self, method: str, overrides: dict) -> dict:
         """The method's hyperparameters under the task's defaults (only keys the method has), with
         alpha = rank unless given (s = 1), and init_scale for methods with LoRA's init."""
-        name, method, overrides = method, methods.get(method), dict(overrides)
+        found, overrides = methods.get(method), dict(overrides)
         scale = overrides.pop("init_scale", None)
-        known = {**LORA_DEFAULTS, **method.defaults}
+        known = {**LORA_DEFAULTS, **found.defaults}
         defaults = {k: v for k, v in {**SHARED, "rank": self.rank}.items() if k in known}
-        hp = method.resolve({**defaults, **overrides})
+        hp = found.resolve({**defaults, **overrides})
         if "alpha" not in overrides:
             hp["alpha"] = float(hp["rank"])
-        if not keeps_lora_init(method):
+        if not keeps_lora_init(found):
             if scale is not None:
-                raise UsageError(f"init_scale sets LoRA's Gaussian A₀: method {name} has its own init")
+                raise UsageError(f"init_scale sets LoRA's Gaussian A₀: method {method} has its own init")
             return hp
         return {**hp, "init_scale": positive("init_scale", self.init_scale if scale is None else scale,
                                              allow_zero=True)}
