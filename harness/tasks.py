@@ -3,6 +3,7 @@ never which kind it is. Two kinds implement the same attributes:
 - LLMTask (gsm8k, below): fine-tunes a causal LM on the task's data, scored by lm-eval;
 - harness.toy.Toy: the LoRA-One paper's linear model, fitted in seconds on a CPU."""
 
+import functools
 import os
 from pathlib import Path
 
@@ -79,6 +80,7 @@ class LLMTask:
         return []
 
 
+@functools.cache  # asked for every trial config resolved: build the tasks once
 def _all() -> dict:
     from harness import data, toy
     return {**{name: LLMTask(name) for name in data.TASKS}, **toy.TASKS}

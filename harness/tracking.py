@@ -153,7 +153,9 @@ def sweep_rows(uri: str, task: str, name: str) -> tuple[str, dict, list[dict]]:
     for run in sorted(runs, key=lambda r: r.info.start_time):
         params = {k: _value(v) for k, v in run.data.params.items()}
         method, lr, seed = params.pop("method"), float(params.pop("lr")), params.pop("seed")
-        history, alignment = (_history(mlf, run.info.run_id, key) for key in ("val_loss", "alignment"))
+        history = _history(mlf, run.info.run_id, "val_loss")
+        # only toy trials log alignment: no request per LLM run for a metric it never logged
+        alignment = _history(mlf, run.info.run_id, "alignment") if "alignment" in run.data.metrics else []
         row = dict(method=method, lr=lr, seed=seed, hparams=params, history=history, alignment=alignment,
                    status=run.data.tags.get("status", "running"), error=run.data.tags.get("error"),
                    **{k: run.data.metrics.get(k) for k in ("val_loss", "attempts") + FINAL_METRICS})
