@@ -61,6 +61,16 @@ def add_trial_options(p):
     p.add_argument("--val-size", type=int, default=None, help="held-out validation rows")
     p.add_argument("--eval-limit", type=int, default=None, help="GSM8K test questions scored with "
                    "lm-eval after training; 0 = skip (default: the preset's: smoke 5, cpu 10, gpu all)")
+    p.add_argument("--schedule", default=None, help="learning-rate schedule after warm-up from 0: "
+                   "linear, cosine or constant (default: the preset's)")
+    p.add_argument("--warmup-steps", type=int, default=None, help="warm-up steps (default: the preset's)")
+    p.add_argument("--warmup-ratio", type=parse_number, default=None,
+                   help="warm-up as a fraction of the steps, instead of --warmup-steps")
+    p.add_argument("--max-grad-norm", type=parse_number, default=None,
+                   help="clip the gradient norm to this before each step; 0 = off (default: 1.0)")
+    p.add_argument("--weight-decay", type=parse_number, default=None, help="AdamW weight decay (default: the preset's)")
+    p.add_argument("--targets", default=None, help="layers that get adapters: all-linear, or module names "
+                   "such as q_proj,v_proj (default: the preset's)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16")
     p.add_argument("--trust-remote-code", action="store_true",
@@ -76,7 +86,10 @@ def config_from(args, **extra) -> TrialConfig:
     return TrialConfig(task=args.task, preset=args.preset or default_preset(), data_dir=args.data_dir, model=args.model,
                        steps=args.steps, batch_size=args.batch_size, max_length=args.max_length,
                        eval_interval=args.eval_interval, train_size=args.train_size,
-                       val_size=args.val_size, eval_limit=args.eval_limit, device=args.device, dtype=args.dtype,
+                       val_size=args.val_size, eval_limit=args.eval_limit, schedule=args.schedule,
+                       warmup_steps=args.warmup_steps, warmup_ratio=args.warmup_ratio,
+                       max_grad_norm=args.max_grad_norm, weight_decay=args.weight_decay, targets=args.targets,
+                       device=args.device, dtype=args.dtype,
                        trust_remote_code=args.trust_remote_code, **extra)
 
 

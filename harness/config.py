@@ -14,22 +14,26 @@ class UsageError(Exception):
 # or one of the built-in models of harness.model ("tiny", "smollm2-135m").
 PRESETS = {
     "smoke": dict(model="tiny", steps=24, batch_size=4, max_length=128, eval_interval=8,
-                  val_size=16, train_size=512, warmup_steps=2, eval_limit=5),
+                  val_size=16, train_size=512, schedule="linear", warmup_steps=2, eval_limit=5),
     # Sized so that the 15-trial sweep of all methods finishes in well under 45 minutes on 2 cores.
     "cpu": dict(model="smollm2-135m", steps=24, batch_size=4, max_length=160, eval_interval=8,
-                val_size=16, train_size=2048, warmup_steps=3, eval_limit=10),
+                val_size=16, train_size=2048, schedule="linear", warmup_steps=3, eval_limit=10),
+    # PEFT method_comparison's schedule: cosine with 10% warm-up.
     "gpu": dict(model="Qwen/Qwen3-0.6B", steps=1000, batch_size=16, max_length=512,
-                eval_interval=100, val_size=256, train_size=0, warmup_steps=50,
+                eval_interval=100, val_size=256, train_size=0, schedule="cosine", warmup_ratio=0.1,
                 eval_limit=1319),
     # LoRA-One's Llama-2-7B recipe: MetaMathQA-100k, batch 32, one epoch, linear schedule,
     # 100 warmup steps, weight decay 0, max length 1024.
     "paper": dict(model="meta-llama/Llama-2-7b-hf", train_data="metamathqa", steps=3125,
                   batch_size=4, grad_accum=8, max_length=1024, eval_interval=250, val_size=256,
-                  train_size=100_000, warmup_steps=100, eval_limit=1319),
+                  train_size=100_000, schedule="linear", warmup_steps=100, eval_limit=1319),
 }
 
 
-COMMON = dict(train_data="", grad_accum=1)
+# Clipping at 1.0 is the Hugging Face default, which every reference run used.
+COMMON = dict(train_data="", grad_accum=1, max_grad_norm=1.0, warmup_steps=0, warmup_ratio=0.0,
+              weight_decay=0.0, targets="all-linear")
+SCHEDULES = ("linear", "cosine", "constant")
 
 
 @dataclass
@@ -51,10 +55,13 @@ class TrialConfig:
     eval_interval: int | None = None
     val_size: int | None = None
     train_size: int | None = None     # 0 = the whole training split
-    warmup_steps: int | None = None
+    schedule: str | None = None       # linear | cosine | constant (transformers.get_scheduler)
+    warmup_steps: int | None = None   # warm-up from lr 0; or warmup_ratio of the steps (one of them)
+    warmup_ratio: float | None = None
+    max_grad_norm: float | None = None  # clip the raw gradient norm before each step; 0 = off
     eval_limit: int | None = None     # GSM8K test questions scored after training; 0 = none
-    weight_decay: float = 0.0
-    targets: str = "all-linear"       # or a comma list of module-name suffixes
+    weight_decay: float | None = None
+    targets: str | None = None        # all-linear, or a comma list of module-name suffixes
     diverge_factor: float = 2.0       # train loss above this multiple of the initial val loss
     device: str = "auto"
     dtype: str = "auto"
@@ -64,6 +71,11 @@ class TrialConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @property
+    def warmup(self) -> int:
+        """Warm-up steps: warmup_steps, or the ratio of the steps rounded up (as transformers does)."""
+        return self.warmup_steps or math.ceil(self.warmup_ratio * self.steps)
+
 
 def resolve(cfg: TrialConfig) -> TrialConfig:
     """Fill the fields left at None from the preset, then validate everything."""
@@ -71,6 +83,10 @@ def resolve(cfg: TrialConfig) -> TrialConfig:
     if cfg.preset not in PRESETS:
         raise UsageError(f"unknown preset {cfg.preset!r}: choose one of {', '.join(PRESETS)}")
     preset = {**COMMON, **PRESETS[cfg.preset], **tasks.get(cfg.task).defaults}
+    if cfg.warmup_ratio is not None and cfg.warmup_steps is None:  # a given ratio replaces preset steps
+        cfg.warmup_steps = 0
+    if cfg.warmup_steps is not None and cfg.warmup_ratio is None:
+        cfg.warmup_ratio = 0.0
     for f in fields(cfg):
         if getattr(cfg, f.name) is None and f.name in preset:
             setattr(cfg, f.name, preset[f.name])
@@ -100,8 +116,15 @@ def validate(cfg: TrialConfig):
     positive("--lr", cfg.lr)
     for name in ("steps", "batch_size", "grad_accum", "max_length", "eval_interval", "val_size"):
         positive(name, getattr(cfg, name))
-    for name in ("train_size", "warmup_steps", "weight_decay", "eval_limit"):
+    for name in ("train_size", "warmup_steps", "warmup_ratio", "max_grad_norm", "weight_decay", "eval_limit"):
         positive(name, getattr(cfg, name), allow_zero=True)
+    if cfg.schedule not in SCHEDULES:
+        raise UsageError(f"unknown schedule {cfg.schedule!r}: use {', '.join(SCHEDULES)}")
+    if cfg.warmup_steps and cfg.warmup_ratio:
+        raise UsageError(f"warmup_steps {cfg.warmup_steps} and warmup_ratio {cfg.warmup_ratio:g} both set: "
+                         f"give one of --warmup-steps or --warmup-ratio")
+    if cfg.warmup_ratio >= 1:
+        raise UsageError(f"--warmup-ratio {cfg.warmup_ratio:g} must be below 1 (a fraction of the steps)")
     task.validate(cfg)
     if cfg.data_dir and not Path(cfg.data_dir).is_dir():
         raise UsageError(f"data folder {cfg.data_dir} does not exist: pass --data-dir with a folder "

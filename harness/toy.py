@@ -52,8 +52,9 @@ class Toy:
     @property
     def defaults(self) -> dict:
         """TrialConfig fields the task sets in place of the preset's LLM sizes."""
-        return dict(model=f"linear-{D}x{D}", lr=self.lr, steps=self.steps,
-                    eval_interval=self.eval_interval, eval_limit=0)
+        # The paper's full-batch GD: a constant step, no warm-up, no clipping.
+        return dict(model=f"linear-{D}x{D}", lr=self.lr, steps=self.steps, eval_interval=self.eval_interval,
+                    eval_limit=0, schedule="constant", warmup_steps=0, max_grad_norm=0.0)
 
     def hparams(self, method: str, overrides: dict) -> dict:
         """The method's hyperparameters under the task's defaults (only keys the method has), with
@@ -186,7 +187,7 @@ def run_trial(cfg, report=None) -> dict:
     def measure(step, loss):
         weight = layer.get_base_layer().weight + layer.get_delta_weight("default")
         risk = (weight - target).square().sum().item() / 2
-        point = dict(step=step, train_loss=loss, lr=cfg.lr)
+        point = dict(step=step, train_loss=loss, lr_now=cfg.lr)
         if math.isfinite(risk) and risk <= ceiling:  # worse than no fine-tuning by diverge_factor
             align, angle = subspace_angles(top_G, layer.lora_A["default"].weight)
             point.update(val_loss=risk, alignment=align, angle=angle)

@@ -45,12 +45,16 @@ def validation_loss(model, examples, batch_size: int, pad_id: int) -> float:
     return total / tokens
 
 
-def linear_schedule(optimizer, warmup: int, total: int):
-    def factor(step):
-        if step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (total - step) / max(1, total - warmup))
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+def schedule(optimizer, cfg: TrialConfig):
+    """transformers' schedule, warm-up from lr 0; "constant" keeps the warm-up (constant_with_warmup)."""
+    from transformers import get_scheduler
+    name = "constant_with_warmup" if cfg.schedule == "constant" else cfg.schedule
+    return get_scheduler(name, optimizer, num_warmup_steps=cfg.warmup, num_training_steps=cfg.steps)
+
+
+def clip(params, max_norm: float) -> float:
+    """The raw gradient norm; the gradients are scaled down to max_norm when above it (0: never)."""
+    return torch.nn.utils.clip_grad_norm_(params, max_norm or math.inf).item()
 
 
 def prepare(cfg: TrialConfig, device):
@@ -108,12 +112,13 @@ def run_trial(cfg: TrialConfig, report=None, progress: bool = False) -> dict:
     method = methods.get(cfg.method)
     init_dir = save_init(model, cfg.out) if method.mutates_base else None
     optimizer = method.optimizer(model, cfg.lr, cfg.hparams, cfg.weight_decay)
-    schedule = linear_schedule(optimizer, cfg.warmup_steps, cfg.steps)
+    lr_schedule = schedule(optimizer, cfg)
+    params = [p for p in model.parameters() if p.requires_grad]
     batches = data.shuffled(train_ex, cfg.batch_size, tok.pad_token_id, cfg.seed)
     val = lambda: validation_loss(model, val_ex, cfg.batch_size, tok.pad_token_id)
 
     val_init = val()
-    history = [dict(step=0, val_loss=val_init, lr=schedule.get_last_lr()[0])]
+    history = [dict(step=0, val_loss=val_init, lr_now=lr_schedule.get_last_lr()[0])]
     if report:
         report(history[0])
     status, ema, tokens, train_time, step_times = "finished", None, 0, 0.0, []
@@ -129,9 +134,10 @@ def run_trial(cfg: TrialConfig, report=None, progress: bool = False) -> dict:
                 part.backward()
                 loss += part.item()
                 tokens += int(batch["attention_mask"].sum())
-            lr = schedule.get_last_lr()[0]
+            lr = lr_schedule.get_last_lr()[0]
+            grad_norm = clip(params, cfg.max_grad_norm)
             optimizer.step()
-            schedule.step()
+            lr_schedule.step()
             optimizer.zero_grad(set_to_none=True)
             step_times.append(time.perf_counter() - start)
             train_time += step_times[-1]
@@ -141,8 +147,8 @@ def run_trial(cfg: TrialConfig, report=None, progress: bool = False) -> dict:
             if not math.isfinite(loss) or ema > cfg.diverge_factor * val_init:
                 status = "diverged"
             if status == "diverged" or step % cfg.eval_interval == 0 or step == cfg.steps:
-                point = dict(step=step, train_loss=loss, lr=lr, tokens_per_s=tokens / train_time,
-                             peak_mem_mb=peak.so_far())
+                point = dict(step=step, train_loss=loss, lr_now=lr, grad_norm=grad_norm,
+                             tokens_per_s=tokens / train_time, peak_mem_mb=peak.so_far())
                 if status == "finished":
                     point["val_loss"] = val()
                 history.append(point)
@@ -169,5 +175,6 @@ def summarize(history, status, val_init, info, step_times) -> dict:
     steady = step_times[len(step_times) // 4:] or step_times
     return dict(status=status, step=last["step"], val_loss=vals[-1], val_loss_init=val_init,
                 best_val_loss=min(vals), train_loss=last.get("train_loss"),
-                tokens_per_s=last.get("tokens_per_s"), peak_mem_mb=last.get("peak_mem_mb"),
+                grad_norm=last.get("grad_norm"), tokens_per_s=last.get("tokens_per_s"),
+                peak_mem_mb=last.get("peak_mem_mb"),
                 step_seconds=float(np.median(steady)) if steady else None, **info)
