@@ -109,7 +109,10 @@ def cmd_trial(args):
         stamp = time.strftime("%Y%m%d-%H%M%S")
         cfg.out = str(Path("runs", "trials", f"{cfg.method}-lr{cfg.lr:g}-seed{cfg.seed}-{stamp}").resolve())
     from harness import tasks
-    result = tasks.get(cfg.task).run(cfg)
+    task = tasks.get(cfg.task)
+    result = task.run(cfg)
+    if result["status"] == "finished":
+        result.update(task.score(cfg))
     print(json.dumps(result, indent=2))
     print(f"metrics: {Path(cfg.out, 'metrics.json')}")
     return 0 if result["status"] == "finished" else 1

@@ -28,6 +28,12 @@ class PeakMemory:
         while not self._stop.wait(self.interval):
             self._peak = max(self._peak, self._process.memory_info().rss)
 
+    def now(self) -> float:
+        """Memory held right now in MiB: reserved by the allocator on CUDA, resident set on CPU."""
+        if self.device.type == "cuda":
+            return torch.cuda.memory_reserved(self.device) / 2**20
+        return self._process.memory_info().rss / 2**20
+
     def so_far(self) -> float:
         """The peak in MiB since entering, read while the phase runs."""
         if self.device.type == "cuda":

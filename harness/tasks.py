@@ -63,9 +63,14 @@ class LLMTask:
         return run_trial(cfg, report=report, progress=report is None)
 
     def score(self, cfg) -> dict:
+        """Scores of a finished trial (also written as PEFT's result file, <out>/peft_result.json)."""
+        from harness import data, peft_result
+        scores = self._evaluate(cfg) if cfg.eval_limit else {}
+        peft_result.write(cfg.out, scores, data.PROMPT)
+        return scores
+
+    def _evaluate(self, cfg) -> dict:
         """lm-eval on the saved adapter applied to a fresh original base (what a user would load)."""
-        if not cfg.eval_limit:
-            return {}
         from peft import PeftModel
 
         from harness.evaluate import evaluate

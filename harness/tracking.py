@@ -248,7 +248,7 @@ class Tracker(Callback):
         self.mlf.set_tag(run_id, "status", status)
         self._log_attempts(run_id, trial.num_failures + 1)
         out = self.last.get(trial.trial_id, {}).get("out", "")
-        for name in ("adapter", "gsm8k_samples.jsonl", "metrics.json") if out else ():
+        for name in ("adapter", "gsm8k_samples.jsonl", "metrics.json", "peft_result.json") if out else ():
             path = Path(out, name)
             if path.is_dir():
                 self.mlf.log_artifacts(run_id, str(path), name)

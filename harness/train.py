@@ -104,6 +104,7 @@ def save_init(model, out: str) -> Path:
 
 def run_trial(cfg: TrialConfig, report=None, progress: bool = False) -> dict:
     """Train one resolved config; returns the final metrics (also written to <out>/metrics.json)."""
+    started = time.perf_counter()
     seed_everything(cfg.seed)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg.device)
@@ -114,6 +115,8 @@ def run_trial(cfg: TrialConfig, report=None, progress: bool = False) -> dict:
     optimizer = method.optimizer(model, cfg.lr, cfg.hparams, cfg.weight_decay)
     lr_schedule = schedule(optimizer, cfg)
     params = [p for p in model.parameters() if p.requires_grad]
+    info.update(trainable_params=sum(p.numel() for p in params),
+                total_params=sum(p.numel() for p in model.parameters()))
     batches = data.shuffled(train_ex, cfg.batch_size, tok.pad_token_id, cfg.seed)
     val = lambda: validation_loss(model, val_ex, cfg.batch_size, tok.pad_token_id)
 
@@ -121,7 +124,7 @@ def run_trial(cfg: TrialConfig, report=None, progress: bool = False) -> dict:
     history = [dict(step=0, val_loss=val_init, lr_now=lr_schedule.get_last_lr()[0])]
     if report:
         report(history[0])
-    status, ema, tokens, train_time, step_times = "finished", None, 0, 0.0, []
+    status, ema, tokens, train_time, step_times, memory = "finished", None, 0, 0.0, [], []
     model.train()
     bar = tqdm(total=cfg.steps, disable=not progress, desc=f"{cfg.method} lr={cfg.lr:g}", unit="step")
     with PeakMemory(device) as peak:
@@ -141,14 +144,15 @@ def run_trial(cfg: TrialConfig, report=None, progress: bool = False) -> dict:
             optimizer.zero_grad(set_to_none=True)
             step_times.append(time.perf_counter() - start)
             train_time += step_times[-1]
+            memory.append(peak.now())
             ema = loss if ema is None else 0.9 * ema + 0.1 * loss
             bar.update()
             bar.set_postfix(loss=f"{loss:.3f}")
             if not math.isfinite(loss) or ema > cfg.diverge_factor * val_init:
                 status = "diverged"
             if status == "diverged" or step % cfg.eval_interval == 0 or step == cfg.steps:
-                point = dict(step=step, train_loss=loss, lr_now=lr, grad_norm=grad_norm,
-                             tokens_per_s=tokens / train_time, peak_mem_mb=peak.so_far())
+                point = dict(step=step, train_loss=loss, lr_now=lr, grad_norm=grad_norm, train_tokens=tokens,
+                             train_seconds=train_time, tokens_per_s=tokens / train_time, peak_mem_mb=peak.so_far())
                 if status == "finished":
                     point["val_loss"] = val()
                 history.append(point)
@@ -162,7 +166,9 @@ def run_trial(cfg: TrialConfig, report=None, progress: bool = False) -> dict:
         save_adapter(cfg, model, init_dir)
     elif init_dir:
         shutil.rmtree(init_dir, ignore_errors=True)
+    info.update(mem_avg_mb=float(np.mean(memory)), mem_p99_mb=float(np.percentile(memory, 99)))
     result = summarize(history, status, val_init, info, step_times)
+    result["seconds"] = time.perf_counter() - started
     Path(cfg.out, "metrics.json").write_text(json.dumps(
         {"config": cfg.to_dict(), **result, "history": history}, indent=2))
     return result
@@ -176,5 +182,5 @@ def summarize(history, status, val_init, info, step_times) -> dict:
     return dict(status=status, step=last["step"], val_loss=vals[-1], val_loss_init=val_init,
                 best_val_loss=min(vals), train_loss=last.get("train_loss"),
                 grad_norm=last.get("grad_norm"), tokens_per_s=last.get("tokens_per_s"),
-                peak_mem_mb=last.get("peak_mem_mb"),
-                step_seconds=float(np.median(steady)) if steady else None, **info)
+                peak_mem_mb=last.get("peak_mem_mb"), train_tokens=sum(p.get("train_tokens", 0) for p in history),
+                train_seconds=float(sum(step_times)), step_seconds=float(np.median(steady)) if steady else None, **info)
