@@ -277,40 +277,38 @@ def _next(a, lead, tied, unknown, unsure) -> list:
     methods = a["methods"]
     seeds = {}  # method -> [extra seeds, lrs]
 
-    def add(name, count, lrs):
+    def add(name, count, lrs=None):
         entry = seeds.setdefault(name, [0, []])
         entry[0] = max(entry[0], count)
-        entry[1] += [lr for lr in lrs if lr not in entry[1]]
+        entry[1] += [lr for lr in (lrs or [methods[name]["best_lr"]]) if lr not in entry[1]]
 
-    out, ties = [], []
+    out, ties, questions = [], [], 0
     for c in tied:
         n = c["seeds_to_decide"]
-        if n is not None and n <= MAX_SEEDS:
+        if c["noise"] == "questions":  # one seed per rung: measure the seed noise too
+            add(c["a"], MORE_SEEDS)
+            add(c["b"], MORE_SEEDS)
+        elif n is not None and n <= MAX_SEEDS:
             for name in (c["a"], c["b"]):
                 if n > methods[name]["best_n"]:
-                    add(name, n - methods[name]["best_n"], [methods[name]["best_lr"]])
-        elif n is None and not a["lower_is_better"] and c["noise"] != "unknown" and c["diff"]:
-            out.append(f"Score more GSM8K questions (eval_limit) for {c['a']} and {c['b']}: "
-                       "more seeds cannot resolve their gap.")
-        else:
+                    add(name, n - methods[name]["best_n"])
+            continue
+        if "questions" in c["noise"] and c["diff"] and (n is None or c["noise"] == "questions"):
+            questions = max(questions, _questions_to_decide(methods[c["a"]]["best_score"], methods[c["b"]]["best_score"]))
+        elif c["noise"] != "questions" or not c["diff"]:
             ties.append(c["b"])
+    if questions:
+        out.append(f"Score at least {questions} GSM8K questions (eval_limit): the question sample hides the gaps.")
     if ties:
-        out.append(f"The gap between {lead} and {_names(ties)} is too small for {MAX_SEEDS} seeds each "
-                   "to resolve: treat them as tied.")
+        out.append(f"Treat {_names([lead] + ties)} as tied: their gap is too small to resolve "
+                   f"with up to {MAX_SEEDS} seeds each.")
     for name in ([lead] + unknown) if unknown else []:
-        add(name, MORE_SEEDS, [methods[name]["best_lr"]])
+        add(name, MORE_SEEDS)
     contenders = {lead, *(c["b"] for c in tied), *unknown}
     for name in unsure:
         if name in contenders:
-            shares = methods[name]["best_lr_ci"]["shares"]
-            add(name, MORE_SEEDS, [lr for lr, s in shares if s >= LIKELY])
-    runs = [f"{k} more seed{'s' * (k > 1)} of {n} at {_names([lr_label(lr) for lr in sorted(lrs)])}"
-            for n, (k, lrs) in seeds.items()]
-    for name, m in methods.items():
-        for side, up in (("below", False), ("above", True)):
-            if m.get("edge") in ("both", "high" if up else "low"):
-                runs.append(f"extend the ladder of {name} {side} {lr_label(m['best_lr'])} "
-                            f"(try {_names([lr_label(lr) for lr in beyond(a['ladder'], m['best_lr'], up)])})")
+            add(name, MORE_SEEDS, [lr for lr, s in methods[name]["best_lr_ci"]["shares"] if s >= LIKELY])
+    runs = _seed_runs(seeds) + _ladder_runs(a)
     if runs:
         out.append("Next: " + "; ".join(runs) + ".")
     elif not out:
@@ -318,10 +316,48 @@ def _next(a, lead, tied, unknown, unsure) -> list:
     return out
 
 
+def _questions_to_decide(pa, pb):
+    """Questions that would put the binomial 95% interval of pa - pb clear of 0 (seeds aside)."""
+    return math.ceil(Z * Z * (pa * (1 - pa) + pb * (1 - pb)) / (pa - pb) ** 2)
+
+
+def _seed_runs(seeds) -> list:
+    """'2 more seeds of x at 1e-4 and 3e-4', and methods needing k seeds at their best lr alone grouped."""
+    runs, single = [], {}
+    for name, (k, lrs) in seeds.items():
+        if len(lrs) == 1:
+            single.setdefault(k, []).append((name, lr_label(lrs[0])))
+        else:
+            runs.append(f"{k} more seed{'s' * (k > 1)} of {name} at {_names(lr_label(lr) for lr in sorted(lrs))}")
+    for k, pairs in single.items():
+        more = f"{k} more seed{'s' * (k > 1)}"
+        if len(pairs) == 1:
+            runs.append(f"{more} of {pairs[0][0]} at {pairs[0][1]}")
+        else:
+            runs.append(f"{more} at the best lr of {_names(f'{name} ({lr})' for name, lr in pairs)}")
+    return runs
+
+
+def _ladder_runs(a) -> list:
+    """'extend the ladder of x above 2e-3 (try 3e-3 and 2e-2)', methods at the same edge grouped."""
+    sides = {}
+    for name, m in a["methods"].items():
+        for up in (False, True):
+            if m.get("edge") in ("both", "high" if up else "low"):
+                sides.setdefault((up, m["best_lr"]), []).append(name)
+    runs = []
+    for (up, lr), names in sides.items():
+        tries = _names(lr_label(x) for x in beyond(a["ladder"], lr, up))
+        who = f"of {names[0]} " if len(names) == 1 else ""
+        whom = f" for {_names(names)}" if len(names) > 1 else ""
+        runs.append(f"extend the ladder {who}{'above' if up else 'below'} {lr_label(lr)}{whom} (try {tries})")
+    return runs
+
+
 def beyond(ladder, lr, up) -> list:
-    """The next two rungs past lr, continuing the ladder's pattern one decade on (1e-5, 3e-5, ...
-    gives 1e-2 and 3e-2 above 3e-3)."""
-    shifted = {float(f"{x * (10 if up else 0.1):.6g}") for x in ladder}
+    """The next two rungs past lr: the sweep's own (a method may have skipped some), then the
+    ladder's pattern one decade on (1e-5, 3e-5, ... 3e-3 gives 1e-2 and 3e-2 above 3e-3)."""
+    shifted = {*ladder, *(float(f"{x * (10 if up else 0.1):.6g}") for x in ladder)}
     near = [x for x in shifted if 1 < (x / lr if up else lr / x) <= 10 * (1 + 1e-9)]
     past = sorted(near, reverse=not up)
     return past[:2] or [float(f"{lr * (10 if up else 0.1):.6g}")]
