@@ -100,7 +100,7 @@ def _best_range(ci):
     if ci is None:
         return "—"
     if ci["low"] is None:
-        return ci["note"]
+        return "unknown"  # why: the seed-noise line under the verdict
     span = _lr(ci["low"]) if ci["low"] == ci["high"] else f"[{_lr(ci['low'])}, {_lr(ci['high'])}]"
     return f"{span}; {percent(ci['modal_share'])} at {_lr(ci['modal_lr'])}"
 
