@@ -11,17 +11,29 @@ trial ended early, so its loss is not comparable. A rung's status:
 Only ok rungs can be a method's best lr or lie in its robust window: an lr where some seed
 diverges is not a safe choice. Failed seeds (crashes) only lower n.
 
-Uncertainty (se) of a rung's score:
+Uncertainty (se) of a rung's score, as a mean over seeds (reports.statistics has the intervals,
+the best-lr bootstrap, the pairwise tests and the verdict built on these rungs):
 - val_loss: std over seeds / sqrt(n); unknown (None) with one seed.
 - accuracy: sqrt(std^2 / n + mean(lm-eval stderr^2)). Every seed is scored on the same GSM8K
   items, so the test-set sampling error does not shrink with more seeds; with one seed this is
   that trial's lm-eval stderr.
-Two methods adjacent in the ranking are within noise when their best scores differ by less
-than 2 * sqrt(se1^2 + se2^2)."""
+Two methods adjacent in the ranking are within noise when the 95% interval of their difference
+(reports.statistics.compare) contains 0.
+
+Windows, both contiguous ok rungs around the best lr:
+- window: score within tolerance of the best (loss within loss_tol relative, accuracy within
+  acc_tol points);
+- window90 (as arXiv 2602.04998): score reaching 90% of the best. Accuracy: score >= 0.9 * best.
+  Loss, lower is better: the improvement over the initial val loss (val_loss_init, at the best
+  rung) reaches 90% of the best improvement, i.e. loss <= init - 0.9 * (init - best).
+A side is open (open_low / open_high) where the window reaches the lowest / highest lr the method
+tried: it may extend beyond. A best lr at either end is flagged (edge: "low", "high" or "both")."""
 
 import json
 import math
 import statistics
+
+from reports import statistics as stats
 
 METRICS = {"val_loss": "val_loss", "accuracy": "gsm8k_flexible"}
 STATUSES = ("finished", "diverged", "failed", "stopped")
@@ -30,8 +42,9 @@ SLACK = 1e-9  # float slack: a score exactly at the tolerance (0.45 - 0.02) is i
 
 
 def analyze(rows, *, metric="val_loss", loss_tol=0.05, acc_tol=0.02, reference_lr=None,
-            target_loss=None) -> dict:
-    """Per-method rungs, best lr, robust window, reference-lr score, steps to target, ranking."""
+            target_loss=None, resamples=1000, bootstrap_seed=0) -> dict:
+    """Per-method rungs, best lr and its interval, robust windows, reference-lr score, steps to
+    target, pairwise differences, ranking and a verdict in words."""
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {sorted(METRICS)}, got {metric!r}")
     if not rows:
@@ -43,12 +56,21 @@ def analyze(rows, *, metric="val_loss", loss_tol=0.05, acc_tol=0.02, reference_l
     ladder = sorted({_lr(r["lr"]) for r in rows})
     names = sorted({r["method"] for r in rows}, key=lambda m: (m != "lora", m))  # baseline first
 
-    methods, kept = {}, {}
+    key = METRICS[metric]
+    scored = {}
     for name in names:
         mine = [r for r in rows if r["method"] == name]
-        rungs = [_rung([r for r in mine if _lr(r["lr"]) == lr], lr, METRICS[metric], lower)
-                 for lr in ladder]
+        scored[name] = [_rung([r for r in mine if _lr(r["lr"]) == lr], lr, key, lower) for lr in ladder]
+    every = [r for rungs in scored.values() for r, _ in rungs]
+    noise = {k: stats.seed_noise(every, k) for k in ("val_loss", "gsm8k_strict", "gsm8k_flexible")}
+    for r in every:
+        _intervals(r, key, noise)
+
+    methods, kept = {}, {}
+    for name, rungs in scored.items():
         methods[name] = _method([r for r, _ in rungs], lower, loss_tol, acc_tol)
+        methods[name]["best_lr_ci"] = stats.best_lr_interval(
+            methods[name]["rungs"], key, noise[key], resamples=resamples, seed=bootstrap_seed, name=name)
         best = methods[name]["best_lr"]
         kept[name] = next((t for r, t in rungs if r["lr"] == best), [])
 
@@ -59,14 +81,18 @@ def analyze(rows, *, metric="val_loss", loss_tol=0.05, acc_tol=0.02, reference_l
             (r["score"] for r in m["rungs"] if r["lr"] == reference_lr), None)
         m["steps_to_target"], m["target_reached"] = _steps(kept[name], target_loss)
         m["best_curve"] = _curve(kept[name])
-    return {
+    comparisons = _comparisons(methods, key, noise[key])
+    analysis = {
         "metric": metric,
         "score_name": "validation loss" if lower else "GSM8K accuracy (flexible-extract)",
         "lower_is_better": lower, "loss_tol": loss_tol, "acc_tol": acc_tol, "ladder": ladder,
         "reference_lr": reference_lr, "reference_source": reference_source,
         "target_loss": target_loss, "target_source": target_source,
-        "methods": methods, "ranking": _ranking(methods, lower),
+        "noise": noise, "bootstrap": {"resamples": resamples, "seed": bootstrap_seed},
+        "methods": methods, "comparisons": comparisons, "ranking": _ranking(methods, lower, comparisons),
     }
+    analysis["verdict"] = stats.verdict(analysis)
+    return analysis
 
 
 def _lr(x) -> float:
@@ -109,9 +135,14 @@ def _rung(trials, lr, key, lower):
 def _pool(trials, key):
     """Seeds of one combination -> (stats, the finished trials scored on key)."""
     done = [t for t in trials if t["status"] == "finished" and _num(t.get(key)) is not None]
-    losses = [v for t in done if (v := _num(t.get("val_loss"))) is not None]
-    strict, strict_se = _accuracy(done, "gsm8k_strict")
-    flexible, flexible_se = _accuracy(done, "gsm8k_flexible")
+    values = {k: [v for t in done if (v := _num(t.get(k))) is not None]
+              for k in ("val_loss", "gsm8k_strict", "gsm8k_flexible")}
+    losses = values["val_loss"]
+    counts = [int(v) for t in done if (v := _num(t.get("gsm8k_n")))]
+    questions = min(counts) if counts else None  # seeds share the first n questions: the fewest
+    inits = [v for t in done if (v := _num(t.get("val_loss_init"))) is not None]
+    strict, strict_se, strict_eval = _accuracy(done, "gsm8k_strict")
+    flexible, flexible_se, flexible_eval = _accuracy(done, "gsm8k_flexible")
     mean = statistics.fmean(losses) if losses else None
     spread = statistics.stdev(losses) if len(losses) > 1 else None
     if key == "val_loss":
@@ -124,22 +155,38 @@ def _pool(trials, key):
         "val_loss": mean, "val_loss_std": spread,
         "gsm8k_strict": strict, "gsm8k_strict_se": strict_se,
         "gsm8k_flexible": flexible, "gsm8k_flexible_se": flexible_se,
+        "seed_values": values, "questions": questions,
+        "question_se": {"gsm8k_strict": stats.question_se(strict, questions, strict_eval),
+                        "gsm8k_flexible": stats.question_se(flexible, questions, flexible_eval)},
+        "val_loss_init": statistics.fmean(inits) if inits else None,
     }, done
 
 
 def _accuracy(trials, name):
-    """Mean and se over seeds of an lm-eval accuracy (see the module docstring)."""
+    """Mean and se over seeds of an lm-eval accuracy (see the module docstring), and lm-eval's
+    stderr alone (rms over seeds)."""
     pairs = [(v, _num(t.get(f"{name}_stderr"))) for t in trials if (v := _num(t.get(name))) is not None]
     if not pairs:
-        return None, None
+        return None, None, None
     values = [v for v, _ in pairs]
     errors = [e for _, e in pairs if e is not None]
     mean = statistics.fmean(values)
+    eval_var = statistics.fmean(e * e for e in errors) if errors else None
     if len(values) == 1 and not errors:
-        return mean, None
+        return mean, None, None
     seed_var = statistics.variance(values) / len(values) if len(values) > 1 else 0.0
-    eval_var = statistics.fmean(e * e for e in errors) if errors else 0.0
-    return mean, math.sqrt(seed_var + eval_var)
+    return mean, math.sqrt(seed_var + (eval_var or 0.0)), None if eval_var is None else math.sqrt(eval_var)
+
+
+def _intervals(rung, key, noise):
+    """95% intervals of a rung's accuracies (questions and pooled seed noise); ci: the score's
+    (accuracy only: a loss is shown as mean +- spread)."""
+    for k in ("gsm8k_strict", "gsm8k_flexible"):
+        p, seeds = rung[k], len(rung["seed_values"][k])
+        rung[f"{k}_ci"] = stats.accuracy_interval(
+            p, rung["questions"], seed_se=stats.seed_se(p, seeds, noise[k]),
+            t=stats.t975(noise[k] and noise[k]["df"]), stderr=rung["question_se"][k])
+    rung["ci"] = None if key == "val_loss" else rung[f"{key}_ci"]
 
 
 def _method(rungs, lower, loss_tol, acc_tol):
@@ -147,27 +194,54 @@ def _method(rungs, lower, loss_tol, acc_tol):
     totals = {k: sum(r[k] for r in rungs) for k in ("trials", *BAD)}
     ok = [i for i, r in enumerate(rungs) if r["status"] == "ok"]
     if not ok:
-        return {"rungs": rungs, "best_lr": None, "best_score": None, "best_se": None,
-                "best_hparams": None, "best_val_loss": None, "window": None, **totals}
+        return {"rungs": rungs, "best_lr": None, "best_score": None, "best_se": None, "best_ci": None,
+                "best_n": 0, "best_hparams": None, "best_val_loss": None, "edge": None,
+                "window": None, "window90": None, "window90_note": "no usable lr", **totals}
     order = _order(lower)
     b = min(ok, key=lambda i: order(rungs[i]["score"]))  # ties: the lowest lr
     best = rungs[b]["score"]
+    tried = [i for i, r in enumerate(rungs) if r["trials"]]
+    edge = {(True, True): "both", (True, False): "low", (False, True): "high"}.get((b == tried[0], b == tried[-1]))
 
-    def inside(r):
-        if r["status"] != "ok":
-            return False
-        return r["score"] <= best * (1 + loss_tol) + SLACK if lower else r["score"] >= best - acc_tol - SLACK
+    def within(score):
+        return score <= best * (1 + loss_tol) + SLACK if lower else score >= best - acc_tol - SLACK
+
+    threshold, note = _reach90(rungs[b], lower)
+    return {"rungs": rungs, "best_lr": rungs[b]["lr"], "best_score": best, "best_se": rungs[b]["se"],
+            "best_ci": rungs[b]["ci"], "best_n": rungs[b]["n"],
+            "best_hparams": rungs[b]["hparams"], "best_val_loss": rungs[b]["val_loss"], "edge": edge,
+            "window": _window(rungs, b, tried, within),
+            "window90": None if threshold is None else _window(
+                rungs, b, tried, lambda s: s <= threshold + SLACK if lower else s >= threshold - SLACK),
+            "window90_note": note, **totals}
+
+
+def _reach90(best, lower):
+    """(score threshold of the 90% window, '' or why there is none); see the module docstring."""
+    if not lower:
+        return 0.9 * best["score"], ""
+    init = best["val_loss_init"]
+    if init is None:
+        return None, "no initial val loss recorded"
+    if init <= best["score"]:
+        return None, "no improvement over the initial val loss"
+    return init - 0.9 * (init - best["score"]), ""
+
+
+def _window(rungs, b, tried, inside):
+    """The contiguous ok rungs around b whose score is inside; open on a side where it reaches
+    the lowest / highest lr tried."""
+    def ok(r):
+        return r["status"] == "ok" and inside(r["score"])
 
     lo = hi = b
-    while lo > 0 and inside(rungs[lo - 1]):
+    while lo > 0 and ok(rungs[lo - 1]):
         lo -= 1
-    while hi < len(rungs) - 1 and inside(rungs[hi + 1]):
+    while hi < len(rungs) - 1 and ok(rungs[hi + 1]):
         hi += 1
     low, high = rungs[lo]["lr"], rungs[hi]["lr"]
-    return {"rungs": rungs, "best_lr": rungs[b]["lr"], "best_score": best, "best_se": rungs[b]["se"],
-            "best_hparams": rungs[b]["hparams"], "best_val_loss": rungs[b]["val_loss"],
-            "window": {"low": low, "high": high, "rungs": hi - lo + 1, "decades": math.log10(high / low)},
-            **totals}
+    return {"low": low, "high": high, "rungs": hi - lo + 1, "decades": math.log10(high / low),
+            "open_low": lo == tried[0], "open_high": hi == tried[-1]}
 
 
 def _reference(methods, given):
@@ -223,26 +297,40 @@ def mean_curve(histories) -> list:
     return [[s, statistics.fmean(vs)] for s, vs in sorted(by_step.items())]
 
 
-def _ranking(methods, lower):
+def _ranked(methods, lower):
     order = _order(lower)
-    ranked = sorted((n for n in methods if methods[n]["best_score"] is not None),
-                    key=lambda n: order(methods[n]["best_score"]))  # stable: ties keep method order
+    return sorted((n for n in methods if methods[n]["best_score"] is not None),
+                  key=lambda n: order(methods[n]["best_score"]))  # stable: ties keep method order
+
+
+def _best_rung(m):
+    return next(r for r in m["rungs"] if r["lr"] == m["best_lr"])
+
+
+def _comparisons(methods, key, noise):
+    """Every pair of usable methods at their own best lr, the better-ranked one as a."""
+    ranked = _ranked(methods, key == "val_loss")
+    return [stats.compare(a, _best_rung(methods[a]), b, _best_rung(methods[b]), key, noise)
+            for i, a in enumerate(ranked) for b in ranked[i + 1:]]
+
+
+def _ranking(methods, lower, comparisons):
+    ranked = _ranked(methods, lower)
     out = []
     for i, name in enumerate(ranked):
         m = methods[name]
         entry = {"rank": i + 1, "method": name, "best_score": m["best_score"], "best_se": m["best_se"],
                  "best_lr": m["best_lr"], "tied_with_next": False, "note": ""}
         if i + 1 < len(ranked):
-            nxt = methods[ranked[i + 1]]
-            if m["best_se"] is None or nxt["best_se"] is None:
-                why = "single seed" if lower else "no stderr"
-                entry["note"] = f"{why}: noise unknown (vs {ranked[i + 1]})"
+            nxt = ranked[i + 1]
+            c = next(c for c in comparisons if (c["a"], c["b"]) == (name, nxt))
+            if c["decided"] is None:
+                entry["note"] = f"{c['note']} (vs {nxt})"
             else:
-                gap = abs(m["best_score"] - nxt["best_score"])
-                noise = 2 * math.hypot(m["best_se"], nxt["best_se"])
-                entry["tied_with_next"] = gap < noise
-                entry["note"] = (f"within noise of {ranked[i + 1]}" if gap < noise
-                                 else f"ahead of {ranked[i + 1]}") + f" (gap {gap:.3g}, 2σ {noise:.3g})"
+                entry["tied_with_next"] = not c["decided"]
+                entry["note"] = (f"ahead of {nxt}" if c["decided"] else f"within noise of {nxt}") + (
+                    f" (difference {stats.number(c['diff'], 3)}, 95% CI {stats.number(c['low'], 3)}"
+                    f" to {stats.number(c['high'], 3)}; noise: {c['noise']})")
         out.append(entry)
     for name in methods:
         if methods[name]["best_score"] is None:
