@@ -155,9 +155,11 @@ def sweep_rows(uri: str, task: str, name: str) -> tuple[str, dict, list[dict]]:
         params = {k: _value(v) for k, v in run.data.params.items()}
         method, lr, seed = params.pop("method"), float(params.pop("lr")), params.pop("seed")
         history = _history(mlf, run.info.run_id, "val_loss")
+        grad_norm = _history(mlf, run.info.run_id, "grad_norm") if "grad_norm" in run.data.metrics else []
         # only toy trials log alignment: no request per LLM run for a metric it never logged
         alignment = _history(mlf, run.info.run_id, "alignment") if "alignment" in run.data.metrics else []
         row = dict(method=method, lr=lr, seed=seed, hparams=params, history=history, alignment=alignment,
+                   grad_norm=grad_norm,
                    status=run.data.tags.get("status", "running"), error=run.data.tags.get("error"),
                    **{k: run.data.metrics.get(k) for k in ("val_loss", "attempts") + FINAL_METRICS})
         rows[(method, lr, seed, tuple(sorted(params.items())))] = row

@@ -66,6 +66,15 @@ def loss_curves(analysis, path=None) -> bytes:
                        target=analysis["target_loss"], path=path)
 
 
+def grad_norms(analysis, path=None) -> bytes:
+    """The raw gradient norm (before clipping) over steps at each method's best lr: a norm that
+    climbs orders of magnitude is the early sign of a learning rate that is too high."""
+    curves = {f"{name} (lr {lr_label(m['best_lr'])})" if m.get("grad_norm_curve") else name: m.get("grad_norm_curve")
+              for name, m in analysis["methods"].items()}
+    return step_curves(curves, xlabel="training step", ylabel="gradient norm before clipping (log scale)",
+                       title="Gradient norm at each method's best learning rate", marker="o", log=True, path=path)
+
+
 def step_curves(curves: dict, *, ylabel: str, title: str, xlabel="iteration", log=False, marker="",
                 target=None, path=None) -> bytes:
     """One line per label ({label: [(step, value)]}; an empty list keeps its color unused) over

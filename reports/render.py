@@ -35,7 +35,11 @@ def write_report(analysis, rows, folder, *, title, extra_sections=()) -> dict:
     figures = [(f"{analysis['score_name']} against learning rate per method, robust windows shaded",
                 plots.score_vs_lr(analysis)),
                ("validation loss over training steps at each method's best learning rate", plots.loss_curves(analysis)),
+
                (f"heat map of {analysis['score_name']} per method and learning rate", plots.heatmap(analysis))]
+    if any(m.get("grad_norm_curve") for m in analysis["methods"].values()):  # toy tasks do not clip
+        figures.insert(2, ("gradient norm before clipping over training steps at each method's best learning rate",
+                           plots.grad_norms(analysis)))
     paths = {"html": folder / "report.html", "markdown": folder / "report.md", "json": folder / "report.json"}
     verdict = analysis["verdict"]
     paths["html"].write_text(_html(title, verdict, settings, tables, figures, extra_sections), encoding="utf-8")

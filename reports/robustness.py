@@ -81,6 +81,7 @@ def analyze(rows, *, metric="val_loss", loss_tol=0.05, acc_tol=0.02, reference_l
             (r["score"] for r in m["rungs"] if r["lr"] == reference_lr), None)
         m["steps_to_target"], m["target_reached"] = _steps(kept[name], target_loss)
         m["best_curve"] = _curve(kept[name])
+        m["grad_norm_curve"] = mean_curve(t.get("grad_norm") or [] for t in kept[name])
     comparisons = _comparisons(methods, key, noise[key])
     analysis = {
         "metric": metric,

@@ -202,3 +202,13 @@ def test_write_report_makes_three_self_contained_files(loss, tmp_path):
     assert "| lora | 3e-3 | diverged |" in md
     assert md.rstrip().endswith("## Since last night\n\npissa **improved**")
     assert json.loads(paths["json"].read_text()) == loss
+
+
+def test_gradient_norms_at_the_best_lr_are_averaged_and_plotted(tmp_path):
+    rows = [trial("lora", 1e-4, seed, val_loss=1.0, grad_norm=[[8, 2.0 + seed], [16, 40.0 * (1 + seed)]])
+            for seed in (0, 1)] + [trial("lora", 1e-3, 0, val_loss=1.5, grad_norm=[[8, 1e3]])]
+    analysis = analyze(rows)
+    assert analysis["methods"]["lora"]["grad_norm_curve"] == [[8, 2.5], [16, 60.0]]  # best lr only
+    page = write_report(analysis, rows, tmp_path, title="t")["html"].read_text()
+    assert page.count('<img src="data:image/png;base64,') == 4
+    assert "gradient norm before clipping" in page
