@@ -3,7 +3,11 @@
 Spectral init from one full gradient step: with U S V = svd_lowrank(-G, min(512, m, n), 16),
 B = U_r sqrt(S_r) / sqrt(sigma1 gamma), A = sqrt(S_r) V_r^T / sqrt(sigma1 gamma), W unchanged,
 so s B A = -(s / (gamma sigma1)) [G]_r at init. Training is preconditioned AdamW by default (the
-paper's algorithm); `precondition: false` gives the plain AdamW of the released code.
+paper's algorithm): with `update: reference` (default) the authors' scaled AdamW `AdamWr` as
+LoRA-One's earlier code ran it (YuanheZ/LoRA-One prec_logTrainer.py at
+e4d9c276d5a8a6587acbf869b3053bbad6ec3d9d: no bias correction, B preconditioned with the updated
+A, weight decay after the step), with `update: peft` PEFT's form (see methods/riemannian.py).
+`precondition: false` gives the plain AdamW of the released code; `update` then has no effect.
 An older repo version used the name for a different init (orthonormal factors of +G with the
 offset subtracted); this is the published one."""
 
@@ -13,7 +17,7 @@ import torch
 
 from methods import register
 from methods._base import Method, lora_layers, set_factors, top_svd
-from methods.riemannian import preconditioned_optimizer
+from methods.riemannian import UPDATES, preconditioned_optimizer
 
 
 def init_factors(weight: torch.Tensor, grad: torch.Tensor, *, rank: int, scaling: float,
@@ -31,7 +35,9 @@ def init_factors(weight: torch.Tensor, grad: torch.Tensor, *, rank: int, scaling
 class LoraOne(Method):
     name = "lora-one"
     description = "LoRA-One: one-step full-gradient spectral init, preconditioned AdamW"
-    defaults = dict(use_rslora=True, gamma=128.0, reg=1e-6, precondition=True, grad_samples=8)
+    defaults = dict(use_rslora=True, gamma=128.0, reg=1e-6, precondition=True, update="reference",
+                    grad_samples=8)
+    choices = {**Method.choices, "update": UPDATES}
     needs_gradients = True
 
     def init_adapters(self, model, hp, grads):

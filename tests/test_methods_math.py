@@ -310,12 +310,15 @@ def assert_preconditioned_sgd_step(method_name, overrides, lr=0.1):
     assert (dB + lr * gB).norm() > 0.1 * dB.norm()
 
 
-def test_riemannian_sgd_step():
-    assert_preconditioned_sgd_step("riemannian", {"optimizer": "sgd", "reg": 1e-2})
+# scaled GD's step is the same in both forms (SGDr's decay-then-step is torch SGD's coupled decay)
+@pytest.mark.parametrize("update", ["peft", "reference"])
+def test_riemannian_sgd_step(update):
+    assert_preconditioned_sgd_step("riemannian", {"optimizer": "sgd", "reg": 1e-2, "update": update})
 
 
-def test_lora_one_preconditioned_sgd_step():
-    assert_preconditioned_sgd_step("lora-one", {"optimizer": "sgd"})
+@pytest.mark.parametrize("update", ["peft", "reference"])
+def test_lora_one_preconditioned_sgd_step(update):
+    assert_preconditioned_sgd_step("lora-one", {"optimizer": "sgd", "update": update})
 
 
 def test_lora_one_unpreconditioned_sgd_step():
@@ -354,14 +357,15 @@ def run_adamw_against_reference(method_name, overrides, *, preconditioned, lr=1e
     return max((A.detach() - raw[0].detach()).abs().max(), (B.detach() - raw[1].detach()).abs().max())
 
 
-def test_riemannian_adamw_step():
-    gap = run_adamw_against_reference("riemannian", {"optimizer": "adamw", "reg": 1e-3},
+# update: peft (PEFT's form); the default, reference, is checked in tests/test_reference_optimizer.py
+def test_riemannian_peft_adamw_step():
+    gap = run_adamw_against_reference("riemannian", {"optimizer": "adamw", "reg": 1e-3, "update": "peft"},
                                       preconditioned=True)
     assert gap > 1e-4   # the preconditioned run is measurably not plain AdamW (lr is 1e-2)
 
 
-def test_lora_one_default_is_preconditioned_adamw():
-    gap = run_adamw_against_reference("lora-one", {}, preconditioned=True)
+def test_lora_one_peft_adamw_step():
+    gap = run_adamw_against_reference("lora-one", {"update": "peft"}, preconditioned=True)
     assert gap > 1e-4
 
 
@@ -398,6 +402,7 @@ def test_spec_defaults():
     ga, one = methods.get("lora-ga").resolve({}), methods.get("lora-one").resolve({})
     assert ga["use_rslora"] and ga["gamma"] == 16
     assert one["use_rslora"] and one["gamma"] == 128 and one["precondition"] is True
+    assert one["update"] == methods.get("riemannian").resolve({})["update"] == "reference"
     assert methods.get("lora-ga").mutates_base and not methods.get("lora-one").mutates_base
     assert methods.get("lora-ga").needs_gradients and methods.get("lora-one").needs_gradients
 
@@ -408,6 +413,7 @@ BAD += [(name, {"reg": -1}) for name in ("riemannian", "lora-one")]
 BAD += [(name, {"gamma": "x"}) for name in ("lora-ga", "lora-one")]
 BAD += [(name, {"optimizer": "adam"}) for name in ("riemannian", "lora-one")]
 BAD += [("lora-one", {"precondition": "yes"})]
+BAD += [(name, {"update": "paper"}) for name in ("riemannian", "lora-one")]
 
 
 @pytest.mark.parametrize("name,overrides", BAD, ids=lambda v: v if isinstance(v, str) else repr(v))

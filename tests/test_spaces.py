@@ -18,9 +18,10 @@ def test_every_method_has_a_valid_space():
 
 def test_plan_is_the_full_grid():
     plan = spaces.plan(["lora-one"], "gpu", [1e-4, 2e-4], [0, 1])
-    # gpu grid: gamma 2 values x reg 2 x precondition 2, times 2 lrs x 2 seeds
-    assert len(plan) == 8 * 4
+    # gpu grid: gamma 2 values x reg 2 x precondition 2 x update 2, times 2 lrs x 2 seeds
+    assert len(plan) == 16 * 4
     assert {p["hparams"]["precondition"] for p in plan} == {True, False}
+    assert {p["hparams"]["update"] for p in plan} == {"peft", "reference"}
 
 
 @pytest.mark.parametrize("text,needle", [
