@@ -86,5 +86,18 @@ def plan(method_names: list[str], preset: str, lrs: list[float], seeds: list[int
     if missing:
         raise UsageError(f"method {missing[0]} has no search space: add search_spaces/{missing[0]}.yaml")
     return [dict(method=m, lr=lr, seed=seed, hparams=hp)
-            for m in method_names for hp in grid_for(spaces[m], preset)
+            for m in method_names for hp in distinct(m, grid_for(spaces[m], preset))
             for lr in lrs for seed in seeds]
+
+
+def distinct(method: str, combos: list[dict]) -> list[dict]:
+    """The combinations that train differently: one of each group that differs only in hyperparameters
+    the method ignores given the others (lora-one's reg and update without preconditioning)."""
+    found, seen = [], set()
+    for hp in combos:
+        inert = methods.get(method).inert(hp)
+        key = tuple(sorted((k, str(v)) for k, v in hp.items() if k not in inert))
+        if key not in seen:
+            seen.add(key)
+            found.append(hp)
+    return found

@@ -44,6 +44,10 @@ class Method:
                 positive(key, value, allow_zero=key in self.zero_ok)
         return hp
 
+    def inert(self, hp: dict) -> set:
+        """Hyperparameters that change nothing given the others (a grid need not vary them)."""
+        return set()
+
     def scaling(self, hp: dict) -> float:
         return hp["alpha"] / (math.sqrt(hp["rank"]) if hp["use_rslora"] else hp["rank"])
 

@@ -48,6 +48,9 @@ class LoraOne(Method):
                                    rank=hp["rank"], scaling=s, gamma=hp["gamma"])
             set_factors(layer, A, B)
 
+    def inert(self, hp):
+        return set() if hp.get("precondition", True) else {"reg", "update"}
+
     def optimizer(self, model, lr, hp, weight_decay):
         if hp["precondition"]:
             return preconditioned_optimizer(model, lr, hp, weight_decay)

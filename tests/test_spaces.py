@@ -16,12 +16,15 @@ def test_every_method_has_a_valid_space():
         assert spaces.ladder(preset) == sorted(spaces.ladder(preset))
 
 
-def test_plan_is_the_full_grid():
+def test_plan_is_the_grid_of_distinct_trainings():
     plan = spaces.plan(["lora-one"], "gpu", [1e-4, 2e-4], [0, 1])
-    # gpu grid: gamma 2 values x reg 2 x precondition 2 x update 2, times 2 lrs x 2 seeds
-    assert len(plan) == 16 * 4
+    # gpu grid: gamma 2 x (precondition on: reg 2 x update 2, off: reg and update change nothing),
+    # times 2 lrs x 2 seeds
+    assert len(plan) == 2 * (4 + 1) * 4
     assert {p["hparams"]["precondition"] for p in plan} == {True, False}
-    assert {p["hparams"]["update"] for p in plan} == {"peft", "reference"}
+    assert {p["hparams"]["update"] for p in plan if p["hparams"]["precondition"]} == {"peft", "reference"}
+    off = [p for p in plan if not p["hparams"]["precondition"]]
+    assert len({(p["hparams"]["gamma"], p["lr"], p["seed"]) for p in off}) == len(off) == 2 * 4
 
 
 @pytest.mark.parametrize("text,needle", [
