@@ -1,11 +1,16 @@
-"""MLflow tracking: one experiment per task, a parent run per sweep, a child run per trial.
+"""MLflow tracking: one experiment per task, a parent run per sweep, a child run per trial, and a
+summary run per seed group (method, lr, hyperparameters) with the mean, spread and count over seeds.
 
 Everything is written from the driver (a Ray Tune callback), because SQLite wants one writer.
-Runs are found again by tags (harness.sweep, harness.trial_id), so a resumed sweep reuses its
-parent run and never records a trial twice."""
+Runs are found again by tags (harness.sweep, harness.trial_id, harness.group), so a resumed sweep
+reuses its parent and summary runs and never records a trial twice."""
 
 import fcntl
+import hashlib
+import json
+import math
 import os
+import statistics
 import platform
 import re
 import subprocess
@@ -25,6 +30,9 @@ STEP_METRICS = ("train_loss", "val_loss", "lr_now", "grad_norm", "tokens_per_s",
 FINAL_METRICS = ("val_loss_init", "best_val_loss", "step_seconds", "grad_seconds", "grad_peak_mb",
                  "init_seconds", "gsm8k_strict", "gsm8k_strict_stderr", "gsm8k_flexible",
                  "gsm8k_flexible_stderr", "gsm8k_n", "eval_seconds")
+# a summary run holds <metric>_mean, _std, _n of each over its finished seeds
+SUMMARY_METRICS = ("val_loss",) + FINAL_METRICS
+SETTLED = ("finished", "diverged", "failed", "stopped")
 PACKAGES = ("torch", "transformers", "peft", "ray", "optuna", "lm_eval", "mlflow", "datasets")
 
 
@@ -152,6 +160,8 @@ def sweep_rows(uri: str, task: str, name: str) -> tuple[str, dict, list[dict]]:
                            filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")
     rows = {}
     for run in sorted(runs, key=lambda r: r.info.start_time):
+        if run.data.tags.get("harness.kind") == "summary":  # seeds pooled: not a trial
+            continue
         params = {k: _value(v) for k, v in run.data.params.items()}
         method, lr, seed = params.pop("method"), float(params.pop("lr")), params.pop("seed")
         history = _history(mlf, run.info.run_id, "val_loss")
@@ -184,8 +194,36 @@ def _searched_only(rows: list[dict]) -> list[dict]:
     return rows
 
 
+def group_of(params: dict) -> str:
+    """Key of a trial's seed group: a hash of its params (as MLflow stores them) but the seed."""
+    rest = {k: str(v) for k, v in params.items() if k != "seed"}
+    return hashlib.sha1(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def summary_metrics(trials: list[tuple[str, dict]]) -> dict:
+    """Mean, standard deviation (two seeds or more) and count over the finished trials of each
+    metric, and how many trials ended with each status, from (status, final metrics) pairs."""
+    out = {"trials": len(trials), **{s: sum(status == s for status, _ in trials) for s in SETTLED}}
+    for key in SUMMARY_METRICS:
+        values = [v for status, m in trials if status == "finished"
+                  and (v := m.get(key)) is not None and math.isfinite(v)]
+        if values:
+            out.update({f"{key}_mean": statistics.fmean(values), f"{key}_n": len(values)})
+        if len(values) > 1:
+            out[f"{key}_std"] = statistics.stdev(values)
+    return out
+
+
+def summary_name(method: str, lr: float, hparams: dict, defaults: dict, seeds: int) -> str:
+    """'lora lr=2e-4 (3 seeds)', with the hyperparameters that differ from the method's defaults."""
+    changed = "".join(f" {k}={v:g}" if isinstance(v, float) else f" {k}={v}"
+                      for k, v in hparams.items() if defaults.get(k) != v)
+    return f"{method} lr={lr:g}{changed} ({seeds} seed{'s' * (seeds != 1)})"
+
+
 class Tracker(Callback):
-    """Mirrors every trial into a child run: params, metric histories, status, artifacts."""
+    """Mirrors every trial into a child run (params, metric histories, status, artifacts), and
+    each seed group into a summary run, updated whenever one of its trials ends."""
 
     uri = ""  # of a tracker restored by Tune.restore: set by the driver that resumes
 
@@ -211,20 +249,48 @@ class Tracker(Callback):
             tags = {"harness.sweep": self.sweep, "harness.trial_id": trial.trial_id}
             run_id = find_run(mlf, self.exp, **tags)
             if run_id is None:
-                cfg = trial_spec(trial.config)
-                name = f"{cfg['method']} lr={cfg['lr']:g} seed={cfg['seed']}"
+                params = self._params(trial)
+                name = f"{params['method']} lr={params['lr']:g} seed={params['seed']}"
                 run_id = mlf.create_run(self.exp, run_name=name, tags={
-                    **tags, "mlflow.parentRunId": self.parent_id, "method": cfg["method"],
+                    **tags, "mlflow.parentRunId": self.parent_id, "method": params["method"],
+                    "harness.kind": "trial", "harness.group": group_of(params),
                     "status": "running"}).info.run_id
-                self._log_params(run_id, cfg)
+                self._log_params(run_id, params)
             self.runs[trial.trial_id] = run_id
         return self.runs[trial.trial_id]
 
-    def _log_params(self, run_id, cfg):
-        from mlflow.entities import Param
+    def _params(self, trial) -> dict:
+        cfg = trial_spec(trial.config)
         hparams = tasks.get(self.task).hparams(cfg["method"], cfg["hparams"])  # rank, alpha, ... too
-        params = {"method": cfg["method"], "lr": cfg["lr"], "seed": cfg["seed"], **hparams}
+        return {"method": cfg["method"], "lr": cfg["lr"], "seed": cfg["seed"], **hparams}
+
+    def _log_params(self, run_id, params):
+        from mlflow.entities import Param
         self.mlf.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+
+    def update_summary(self, trial):
+        """Recompute the trial's seed-group summary from the group's child runs in the store, so
+        a resumed sweep or a restarted driver updates the same run with every seed counted."""
+        from mlflow.entities import Metric
+        params = self._params(trial)
+        group = group_of(params)
+        mlf = self.mlf
+        tags = {"harness.sweep": self.sweep, "harness.kind": "summary", "harness.group": group}
+        run_id = find_run(mlf, self.exp, **tags)
+        if run_id is None:
+            run_id = mlf.create_run(self.exp, tags={**tags, "mlflow.parentRunId": self.parent_id,
+                                                    "method": params["method"]}).info.run_id
+            self._log_params(run_id, {k: v for k, v in params.items() if k != "seed"})
+        query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in {**tags, "harness.kind": "trial"}.items())
+        runs = mlf.search_runs([self.exp], filter_string=query, max_results=50000)
+        trials = [(r.data.tags.get("status"), r.data.metrics) for r in runs if r.data.tags.get("status") in SETTLED]
+        hparams = {k: v for k, v in params.items() if k not in ("method", "lr", "seed")}
+        defaults = tasks.get(self.task).hparams(params["method"], {})
+        mlf.update_run(run_id, name=summary_name(params["method"], params["lr"], hparams, defaults, len(trials)))
+        now = int(time.time() * 1000)
+        mlf.log_batch(run_id, metrics=[Metric(k, float(v), now, len(trials))
+                                       for k, v in summary_metrics(trials).items()])
+        mlf.set_terminated(run_id, "FINISHED")
 
     def _log_attempts(self, run_id, attempts: int):
         """How often the trial ran: 1 + the retries after crashes (--max-failures)."""
@@ -257,6 +323,7 @@ class Tracker(Callback):
             elif path.is_file():
                 self.mlf.log_artifact(run_id, str(path))
         self.mlf.set_terminated(run_id, "FINISHED")
+        self.update_summary(trial)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         run_id = self.run_of(trial)
@@ -264,6 +331,7 @@ class Tracker(Callback):
         self.mlf.set_tag(run_id, "error", _error_text(trial))
         self._log_attempts(run_id, trial.num_failures)  # Tune counts every failed attempt
         self.mlf.set_terminated(run_id, "FAILED")
+        self.update_summary(trial)
 
 
 def _error_text(trial) -> str:
