@@ -158,40 +158,37 @@ def cmd_run(args):
 
 
 def cmd_nightly(args):
-    from dataclasses import fields
-
     from harness import nightly, sweep, tracking
-    from harness.report import analysis_of, publish
+    from harness.report import publish
     suite = nightly.load_suite(args.config)
-    overrides = suite.get("overrides") or {}
-    allowed = {f.name for f in fields(TrialConfig)} - {"method", "lr", "task", "preset", "data_dir", "hparams"}
-    unknown = sorted(set(overrides) - allowed)
-    if unknown:
-        raise UsageError(f"nightly config {args.config}: unknown override {unknown[0]!r}: use {', '.join(sorted(allowed))}")
+    if args.pin:
+        uri = tracking.resolve_uri(suite.get("tracking_uri", ""), Path(suite.get("storage") or "runs").resolve())
+        nightly.pin(uri, suite, args.pin)
+        print(f"nightly {suite['suite']}: {args.pin} is the baseline now")
+        return 0
     methods = suite["methods"]
     names = methods_list(methods if isinstance(methods, str) else ",".join(map(str, methods)))
     trial = TrialConfig(method=names[0], lr=1.0, task=suite["task"], preset=suite["preset"],
-                        data_dir=suite.get("data_dir", ""), **overrides)
+                        data_dir=suite.get("data_dir", ""), **suite.get("overrides") or {})
     sc = sweep.SweepConfig(
         methods=names, trial=trial, name=f"{suite['suite']}-{nightly.stamp()}", lrs=suite.get("lrs", []),
         seeds=suite.get("seeds", 1), search=suite.get("search", "grid"), storage=suite.get("storage", ""),
         tracking_uri=suite.get("tracking_uri", ""), address=suite.get("address", ""),
         cpus_per_trial=suite.get("cpus_per_trial", 0), gpus_per_trial=suite.get("gpus_per_trial", 0))
-    plan = sweep.prepare(sc)
+    try:
+        plan = sweep.prepare(sc)
+    except UsageError as err:
+        raise UsageError(f"nightly config {args.config}: {err}") from None
+    if suite.get("baseline"):  # before the sweep: a typo must not cost a night
+        try:
+            nightly.night_run(sc.tracking_uri, suite, suite["baseline"])
+        except UsageError as err:
+            raise UsageError(f"nightly config {args.config}: field baseline: {err}") from None
     print(f"nightly {suite['suite']}: sweep {sc.name}, {len(plan)} trials", flush=True)
     sweep.run(sc, plan, tags={"harness.suite": suite["suite"]})
-    options = dict(metric=suite["metric"], loss_tol=suite["loss_tol"], acc_tol=suite["acc_tol"])
-    parent, rows, now = analysis_of(sc.tracking_uri, trial.task, sc.name, **options)
-    mlf = tracking.client(sc.tracking_uri)
-    names_before = [n for n in nightly.recent_nights(mlf, tracking.experiment_id(mlf, trial.task), suite["suite"])
-                    if n != sc.name]
-    nights = [(n, analysis_of(sc.tracking_uri, trial.task, n, **options)[2]) for n in reversed(names_before)]
-    previous = names_before[0] if names_before else None
-    found = nightly.regressions(now, nights[-1][1]) if previous else []
-    section = nightly.since_last_night(previous, found, nights + [(sc.name, now)])
+    parent, rows, now, section, found = nightly.judge(sc.tracking_uri, suite, sc.name)
     page = publish(sc.tracking_uri, parent, now, rows, sc.path / "report", f"Nightly {suite['suite']}: {sc.name}",
                    [section])
-    mlf.set_tag(parent, "harness.regressions", str(len(found)))
     print(section[2])
     print(f"report: {page}")
     return 1 if found else 0
@@ -292,9 +289,11 @@ def build_parser() -> Parser:
                         help="shared reference learning rate (default: LoRA's best)")
     report.add_argument("--target-loss", type=parse_number, default=None,
                         help="convergence target val loss (default: LoRA's final loss at its best lr)")
-    nightly = sub.add_parser("nightly", help="run a nightly suite and compare it with the last night; "
-                             "exit code 1 on a regression")
+    nightly = sub.add_parser("nightly", help="run a nightly suite and compare it with the last night and the "
+                             "pinned baseline; exit code 1 on a regression")
     nightly.add_argument("--config", required=True, help="suite YAML (see examples/nightly/)")
+    nightly.add_argument("--pin", default="", metavar="NAME", help="only pin the night NAME as the suite's "
+                         "baseline (the newest pin wins) and exit")
     ui = sub.add_parser("ui", help="start the MLflow UI on the sweeps' tracking store")
     ui.add_argument("--tracking-uri", default="", help="MLflow URI (default: as for harness run)")
     ui.add_argument("--storage", default="", help="sweeps folder whose store to show (default: ./runs)")

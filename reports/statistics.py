@@ -190,6 +190,33 @@ def compare(name_a, a, name_b, b, key, noise) -> dict:
     return out
 
 
+def compare_sweeps(a, noise_a, b, noise_b, key) -> dict:
+    """Difference a - b of two rungs from two sweeps (one method's best rung on two nights), each
+    sweep with its own pooled seed noise; a sweep without one borrows the other's (same code, same
+    suite: alike noise). Seed degrees of freedom: Welch-Satterthwaite. Decided when the 95%
+    interval excludes 0 (None: no noise known, one seed per rung on a loss metric)."""
+    lower = key == "val_loss"
+    noise_a, noise_b = noise_a or noise_b, noise_b or noise_a
+    diff = a["score"] - b["score"]
+    out = {"diff": diff, "low": None, "high": None, "decided": None, "noise": "unknown"}
+    variances, t = {}, Z
+    if noise_a is not None:
+        va, vb = seed_se(a["score"], a["n"], noise_a) ** 2, seed_se(b["score"], b["n"], noise_b) ** 2
+        variances["seeds"] = va + vb
+        if noise_a is noise_b:  # one estimate for both
+            t = t975(noise_a["df"])
+        elif va + vb:
+            t = t975((va + vb) ** 2 / (va * va / noise_a["df"] + vb * vb / noise_b["df"]))
+    qa, qb = (None, None) if lower else (a["question_se"][key], b["question_se"][key])
+    if qa is not None and qb is not None:
+        variances["questions"] = qa * qa + qb * qb
+    if not variances:
+        return out
+    half = t * math.sqrt(sum(variances.values()))
+    out.update(low=diff - half, high=diff + half, decided=abs(diff) > half, noise=" + ".join(variances))
+    return out
+
+
 def number(x, digits=4) -> str:
     """x to `digits` significant digits; scientific below 1e-3 or from 1e5 (toy risks reach 1e-28)."""
     if x is None:
