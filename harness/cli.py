@@ -285,7 +285,7 @@ def build_parser() -> Parser:
     trial = sub.add_parser("trial", help="fine-tune one method at one learning rate")
     trial.add_argument("--method", required=True, help="method name (see `harness methods`)")
     trial.add_argument("--lr", type=parse_number, default=None, help="learning rate, for example 2e-4 "
-                       "(required, except on toy tasks: their step size)")
+                       "(required, except on toy tasks, their step size, and presets that set one, like peft)")
     trial.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     trial.add_argument("--set", type=parse_setting, action="append", default=[], metavar="KEY=VALUE",
                        help="method hyperparameter, repeatable: --set rank=16 --set reg=1e-4")

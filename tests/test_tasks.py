@@ -1,11 +1,23 @@
-"""Every task answers the same questions, so the core never asks which kind a task is."""
+"""Every task answers the same questions, so the core never asks which kind a task is. The task
+files: each shipped task's training text and lm-eval answer parsing on real GSM8K rows and
+made-up MetaMathQA rows, a user's task from --tasks-dir end to end, bad files, presets, dry run."""
 
 import inspect
+import json
+from dataclasses import asdict
+from pathlib import Path
 
+import lm_eval.filters.extraction  # noqa: F401  (registers lm-eval's regex filter)
+import lm_eval.filters.selection  # noqa: F401  (and take_first)
 import pytest
+import torch
+from lm_eval.api.metrics import exact_match_hf_evaluate
+from lm_eval.api.registry import get_filter
 
-from harness import tasks
-from harness.config import UsageError
+from harness import data, tasks
+from harness.cli import main
+from harness.config import TrialConfig, UsageError
+from harness.evaluate import task_config
 from harness.tasks import LLMTask
 
 INTERFACE = [name for name in vars(LLMTask) if not name.startswith("_")]
@@ -35,22 +47,6 @@ def test_resources_per_trial():
 
 
 # ---- task files ----
-
-import json  # noqa: E402
-from dataclasses import asdict  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import lm_eval.filters.extraction  # noqa: E402,F401  (registers lm-eval's regex filter)
-import lm_eval.filters.selection  # noqa: E402,F401  (and take_first)
-import torch  # noqa: E402
-from lm_eval.api.metrics import exact_match_hf_evaluate  # noqa: E402
-from lm_eval.api.registry import get_filter  # noqa: E402
-
-from harness import data  # noqa: E402
-from harness.cli import main  # noqa: E402
-from harness.config import TrialConfig  # noqa: E402
-from harness.evaluate import task_config  # noqa: E402
-
 
 @pytest.fixture
 def fresh_registry(monkeypatch):
@@ -159,6 +155,12 @@ def test_loraone_task_rows_text_and_answer_parsing(tmp_path, data_dir, gsm8k_tes
             "strict-match": (number, 1.0), "flexible-extract": ("77", 0.0)}  # the first "#### N" counts
 
 
+@pytest.fixture(scope="module")
+def tiny_tokenizer():
+    from harness.model import load
+    return load("tiny", torch.device("cpu"), torch.float32)[1]
+
+
 def test_labels_cover_the_prompt_only_where_the_task_says_so(tiny_tokenizer):
     row = {"question": "What is 2 + 2?", "answer": "2 + 2 = 4.\n#### 4"}
     for name, on_prompt in (("gsm8k", False), ("metamath-gsm8k-peft", True)):
@@ -167,12 +169,6 @@ def test_labels_cover_the_prompt_only_where_the_task_says_so(tiny_tokenizer):
         prompt = len(tiny_tokenizer(data.training_text(row, fmt)[0]).input_ids)
         assert ids[-1] == tiny_tokenizer.eos_token_id and labels[prompt:] == ids[prompt:]
         assert labels[:prompt] == (ids[:prompt] if on_prompt else [-100] * prompt)
-
-
-@pytest.fixture(scope="module")
-def tiny_tokenizer():
-    from harness.model import load
-    return load("tiny", torch.device("cpu"), torch.float32)[1]
 
 
 def test_presets_pick_their_task_and_hyperparameters(monkeypatch):

@@ -133,15 +133,16 @@ def _where(src: Source, split: str) -> str:
 @functools.cache  # asked for every trial config resolved: read the files once per set of folders
 def _load(folders: tuple) -> dict:
     from harness.tasks import toy
+
+    def files(folder):
+        return [(task.name, task, task.path) for task in map(parse, sorted(Path(folder).glob("*.yaml")))]
+    toys = [(name, task, FOLDER / "toy.py") for name, task in toy.TASKS.items()]
     found, origin = {}, {}
-    for folder in (FOLDER, None, *folders):
-        tasks = toy.TASKS.items() if folder is None else \
-            ((t.name, t) for t in map(parse, sorted(Path(folder).glob("*.yaml"))))
-        for name, task in tasks:
-            if name in found:
-                raise UsageError(f"task file {task.path}: field name: task {name!r} is already defined by "
-                                 f"{origin[name]}: rename it")
-            found[name], origin[name] = task, getattr(task, "path", FOLDER / "toy.py")
+    for name, task, path in files(FOLDER) + toys + [e for folder in folders for e in files(folder)]:
+        if name in found:
+            raise UsageError(f"task file {path}: field name: task {name!r} is already defined by "
+                             f"{origin[name]}: rename it")
+        found[name], origin[name] = task, path
     return found
 
 
