@@ -1,6 +1,6 @@
 """The LoRA-One paper's Fig. 2 (ICML 2025 version) on the toy-linear task, along its α² axis: LoRA
 from A₀ ~ N(0, α²), B₀ = 0, full-batch GD at the task's step 1/64 for 1500 iterations, through
-harness.toy.run_trial. For each α², over seeds: the paper's alignment measure, the best over the
+harness.tasks.toy.run_trial. For each α², over seeds: the paper's alignment measure, the best over the
 run of min_t ‖U_{K,⊥}(G)ᵀ U_K(A_t)‖_op (sine of the largest principal angle; 0 = aligned), the
 iteration it is reached at, and the final risk. Writes a three-panel PNG and the numbers as JSON.
 (The paper's Fig. 2 also varies d; this task fixes d = 100.)
@@ -19,8 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from matplotlib.figure import Figure  # noqa: E402
 
-from harness import toy  # noqa: E402
-from harness.config import TrialConfig, resolve  # noqa: E402
+from harness.config import TrialConfig  # noqa: E402
+from harness.tasks import resolve, toy  # noqa: E402
 
 VARIANCES = (1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)  # at 1, GD at step 1/64 diverges
 

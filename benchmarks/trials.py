@@ -18,7 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from peft import PeftModel  # noqa: E402
 
-from harness.config import TrialConfig, resolve  # noqa: E402
+from harness.config import TrialConfig  # noqa: E402
+from harness.tasks import resolve  # noqa: E402
 from harness.model import pick_device  # noqa: E402
 from harness.train import prepare, run_trial, validation_loss  # noqa: E402
 

@@ -7,7 +7,8 @@ import sys
 import time
 from pathlib import Path
 
-from harness.config import PRESETS, TrialConfig, UsageError, resolve
+from harness import tasks
+from harness.config import PRESETS, TrialConfig, UsageError
 
 
 class Parser(argparse.ArgumentParser):
@@ -42,15 +43,31 @@ def parse_setting(text: str) -> tuple:
     return key.strip(), yaml.safe_load(value)
 
 
+def task_help() -> str:
+    return f"{', '.join(tasks.names())}, or one of --tasks-dir (see docs/tasks.md)"
+
+
+def preset_help() -> str:
+    own = [f"{p} (task {t.name})" for t in map(tasks.get, tasks.names()) for p in t.presets]
+    made_for = [f"{p} (task {v['task']})" if "task" in v else p for p, v in PRESETS.items()]
+    return ", ".join(made_for + own)
+
+
+def add_tasks_dir(p):
+    p.add_argument("--tasks-dir", default="", help="a folder of task YAML files to add to the built-in "
+                   "tasks (see docs/tasks.md)")
+
+
 def add_trial_options(p):
     """Options shared by every command that trains."""
-    p.add_argument("--task", default="gsm8k", help="evaluation task: gsm8k, or a CPU toy task of the LoRA-One "
-                   "paper, toy-linear or toy-linear-illcond (default: gsm8k)")
+    p.add_argument("--task", default=None, help=f"what to train and score: {task_help()} "
+                   f"(default: the preset's task, else gsm8k)")
+    add_tasks_dir(p)
     p.add_argument("--preset", default="",
-                   help=f"size of model and budget: {', '.join(PRESETS)} (default: gpu where a GPU "
+                   help=f"size of model and budget: {preset_help()} (default: gpu where a GPU "
                    f"is visible, else cpu)")
-    p.add_argument("--data-dir", default="", help="local data folder with <task>/train.jsonl and "
-                   "test.jsonl (default: $HARNESS_DATA_DIR, else the hub)")
+    p.add_argument("--data-dir", default="", help="local data folder with <source>/<file> as the task "
+                   "names them, such as gsm8k/train.jsonl and test.jsonl (default: $HARNESS_DATA_DIR, else the hub)")
     p.add_argument("--model", default=None, help="hub id, local folder, tiny or smollm2-135m "
                    "(default: the preset's)")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the preset's)")
@@ -72,7 +89,8 @@ def add_trial_options(p):
     p.add_argument("--targets", default=None, help="layers that get adapters: all-linear, or module names "
                    "such as q_proj,v_proj (default: the preset's)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
-    p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16")
+    p.add_argument("--dtype", default=None, help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16 "
+                   "(default: the preset's, else auto)")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="allow model code from the hub (off: only use with models you trust)")
 
@@ -83,7 +101,8 @@ def default_preset() -> str:
 
 
 def config_from(args, **extra) -> TrialConfig:
-    return TrialConfig(task=args.task, preset=args.preset or default_preset(), data_dir=args.data_dir, model=args.model,
+    return TrialConfig(task=args.task, preset=args.preset or default_preset(), tasks_dir=args.tasks_dir,
+                       data_dir=args.data_dir, model=args.model,
                        steps=args.steps, batch_size=args.batch_size, max_length=args.max_length,
                        eval_interval=args.eval_interval, train_size=args.train_size,
                        val_size=args.val_size, eval_limit=args.eval_limit, schedule=args.schedule,
@@ -104,11 +123,10 @@ def cmd_methods(args):
 def cmd_trial(args):
     cfg = config_from(args, method=args.method, lr=args.lr, seed=args.seed,
                       hparams=dict(args.set), out=args.out)
-    cfg = resolve(cfg)
+    cfg = tasks.resolve(cfg)
     if not cfg.out:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         cfg.out = str(Path("runs", "trials", f"{cfg.method}-lr{cfg.lr:g}-seed{cfg.seed}-{stamp}").resolve())
-    from harness import tasks
     task = tasks.get(cfg.task)
     result = task.run(cfg)
     if result["status"] == "finished":
@@ -197,6 +215,8 @@ def cmd_nightly(args):
 def cmd_report(args):
     from harness.report import report
     from harness.tracking import resolve_uri
+    if args.tasks_dir:
+        tasks.add_folder(args.tasks_dir)
     storage = Path(args.storage or "runs").resolve()
     uri = resolve_uri(args.tracking_uri, storage)
     options = dict(metric=args.metric, loss_tol=args.loss_tol, acc_tol=args.acc_tol,
@@ -265,7 +285,7 @@ def build_parser() -> Parser:
     trial = sub.add_parser("trial", help="fine-tune one method at one learning rate")
     trial.add_argument("--method", required=True, help="method name (see `harness methods`)")
     trial.add_argument("--lr", type=parse_number, default=None, help="learning rate, for example 2e-4 "
-                       "(required, except on toy tasks: their step size)")
+                       "(required, except on toy tasks, their step size, and presets that set one, like peft)")
     trial.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     trial.add_argument("--set", type=parse_setting, action="append", default=[], metavar="KEY=VALUE",
                        help="method hyperparameter, repeatable: --set rank=16 --set reg=1e-4")
@@ -277,6 +297,7 @@ def build_parser() -> Parser:
     report = sub.add_parser("report", help="learning-rate robustness report of a recorded sweep")
     report.add_argument("name", help="sweep name (see the sweep folders under --storage)")
     report.add_argument("--task", default="gsm8k", help="task of the sweep (default: gsm8k)")
+    add_tasks_dir(report)
     report.add_argument("--storage", default="", help="sweeps folder (default: ./runs)")
     report.add_argument("--tracking-uri", default="", help="MLflow URI (default: as for harness run)")
     report.add_argument("--metric", default="auto", choices=("auto", "val_loss", "accuracy"),

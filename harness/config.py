@@ -1,4 +1,7 @@
-"""Trial configuration: presets, the TrialConfig dataclass, and input validation."""
+"""Trial configuration: presets, the TrialConfig dataclass, and input validation.
+
+The bottom layer: it imports nothing of harness. Which preset and task defaults a config takes is
+decided by the tasks layer (harness.tasks.resolve), which then calls `fill` here."""
 
 import math
 import os
@@ -11,7 +14,8 @@ class UsageError(Exception):
 
 
 # Per-preset defaults of the trial fields. `model` names a hub id, a local folder,
-# or one of the built-in models of harness.model ("tiny", "smollm2-135m").
+# or one of the built-in models of harness.model ("tiny", "smollm2-135m"). A preset may name
+# the task it is made for (used when no --task is given); a task file may add its own presets.
 PRESETS = {
     "smoke": dict(model="tiny", steps=24, batch_size=4, max_length=128, eval_interval=8,
                   val_size=16, train_size=512, schedule="linear", warmup_steps=2, eval_limit=5),
@@ -23,15 +27,15 @@ PRESETS = {
                 eval_interval=100, val_size=256, train_size=0, schedule="cosine", warmup_ratio=0.1,
                 eval_limit=1319),
     # LoRA-One's Llama-2-7B recipe: MetaMathQA-100k, batch 32, one epoch, linear schedule,
-    # 100 warmup steps, weight decay 0, max length 1024.
-    "paper": dict(model="meta-llama/Llama-2-7b-hf", train_data="metamathqa", steps=3125,
+    # 100 warmup steps, weight decay 0, max length 1024; the reference's prompt and answer format.
+    "paper": dict(task="metamath-gsm8k-loraone", model="meta-llama/Llama-2-7b-hf", steps=3125,
                   batch_size=4, grad_accum=8, max_length=1024, eval_interval=250, val_size=256,
                   train_size=100_000, schedule="linear", warmup_steps=100, eval_limit=1319),
 }
 
 
 # Clipping at 1.0 is the Hugging Face default, which every reference run used.
-COMMON = dict(train_data="", grad_accum=1, max_grad_norm=1.0, warmup_steps=0, warmup_ratio=0.0,
+COMMON = dict(dtype="auto", grad_accum=1, max_grad_norm=1.0, warmup_steps=0, warmup_ratio=0.0,
               weight_decay=0.0, targets="all-linear")
 SCHEDULES = ("linear", "cosine", "constant")
 
@@ -41,11 +45,11 @@ class TrialConfig:
     """One trial. Fields left at None are taken from the preset (on a toy task, from the task)."""
     method: str
     lr: float | None = None           # required, except on toy tasks (their step size)
-    task: str = "gsm8k"
+    task: str | None = None           # default: the preset's task, else gsm8k
     preset: str = "smoke"
+    tasks_dir: str = ""               # a folder of task YAML files beside the built-in ones
     model: str | None = None
-    train_data: str | None = None     # training source; defaults to the task's own train split
-    data_dir: str = ""                # local data folder (layout: <task>/train.jsonl, test.jsonl)
+    data_dir: str = ""                # local data folder (layout: <source>/<file>, as the task names)
     out: str = ""                     # trial folder: metrics.json, adapter/
     seed: int = 0
     steps: int | None = None
@@ -64,7 +68,7 @@ class TrialConfig:
     targets: str | None = None        # all-linear, or a comma list of module-name suffixes
     diverge_factor: float = 2.0       # train loss above this multiple of the initial val loss
     device: str = "auto"
-    dtype: str = "auto"
+    dtype: str | None = None          # auto, float32, bfloat16, float16
     trust_remote_code: bool = False
     hparams: dict = field(default_factory=dict)   # method hyperparameters (rank, alpha, ...)
 
@@ -77,12 +81,10 @@ class TrialConfig:
         return self.warmup_steps or math.ceil(self.warmup_ratio * self.steps)
 
 
-def resolve(cfg: TrialConfig) -> TrialConfig:
-    """Fill the fields left at None from the preset, then validate everything."""
-    from harness import tasks
-    if cfg.preset not in PRESETS:
-        raise UsageError(f"unknown preset {cfg.preset!r}: choose one of {', '.join(PRESETS)}")
-    preset = {**COMMON, **PRESETS[cfg.preset], **tasks.get(cfg.task).defaults}
+def fill(cfg: TrialConfig, preset: dict) -> TrialConfig:
+    """Fill the fields left at None from `preset` (a preset with the task's defaults over it),
+    make paths absolute, and validate what needs no task."""
+    preset = {**COMMON, **preset}
     if cfg.warmup_ratio is not None and cfg.warmup_steps is None:  # a given ratio replaces preset steps
         cfg.warmup_steps = 0
     if cfg.warmup_steps is not None and cfg.warmup_ratio is None:
@@ -91,10 +93,9 @@ def resolve(cfg: TrialConfig) -> TrialConfig:
         if getattr(cfg, f.name) is None and f.name in preset:
             setattr(cfg, f.name, preset[f.name])
     cfg.data_dir = cfg.data_dir or os.environ.get("HARNESS_DATA_DIR", "")
-    if cfg.data_dir:
-        cfg.data_dir = str(Path(cfg.data_dir).expanduser().resolve())
-    if cfg.out:
-        cfg.out = str(Path(cfg.out).expanduser().resolve())
+    for name in ("data_dir", "tasks_dir", "out"):  # Ray trials run in their own folder
+        if getattr(cfg, name):
+            setattr(cfg, name, str(Path(getattr(cfg, name)).expanduser().resolve()))
     validate(cfg)
     return cfg
 
@@ -109,8 +110,7 @@ def positive(name: str, value, *, allow_zero=False):
 
 
 def validate(cfg: TrialConfig):
-    from harness import tasks
-    task = tasks.get(cfg.task)
+    """Checks of a filled config that need no task (the task checks the rest)."""
     if cfg.lr is None:
         raise UsageError(f"--lr is required for task {cfg.task}: pass the learning rate")
     positive("--lr", cfg.lr)
@@ -125,15 +125,13 @@ def validate(cfg: TrialConfig):
                          f"give one of --warmup-steps or --warmup-ratio")
     if cfg.warmup_ratio >= 1:
         raise UsageError(f"--warmup-ratio {cfg.warmup_ratio:g} must be below 1 (a fraction of the steps)")
-    task.validate(cfg)
     if cfg.data_dir and not Path(cfg.data_dir).is_dir():
         raise UsageError(f"data folder {cfg.data_dir} does not exist: pass --data-dir with a folder "
-                         f"holding <task>/train.jsonl and test.jsonl")
+                         f"holding the task's data (for gsm8k: gsm8k/train.jsonl and test.jsonl)")
     if cfg.device not in ("auto", "cpu", "cuda") and not cfg.device.startswith("cuda:"):
         raise UsageError(f"unknown device {cfg.device!r}: use auto, cpu or cuda")
     if cfg.dtype not in ("auto", "float32", "bfloat16", "float16"):
         raise UsageError(f"unknown dtype {cfg.dtype!r}: use auto, float32, bfloat16 or float16")
-    cfg.hparams = task.hparams(cfg.method, cfg.hparams)
 
 
 def trial_spec(config: dict) -> dict:

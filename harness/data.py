@@ -1,39 +1,55 @@
-"""Training data: sources, the prompt template, answer-only labels, splits and batches.
+"""Training data: sources, the prompt and answer format, answer-only labels, splits and batches.
 
-Each source is read from a local data folder (<data_dir>/<name>/<file>) when one is given,
-otherwise from the hub. The prompt is lm-eval's GSM8K prompt, so the model is scored in the
-format it was trained on.
+A task names its training rows (a `Source`) and how a row becomes training text (a `Format`);
+the defaults here are GSM8K's train split in lm-eval's GSM8K prompt, the gsm8k task. Each source
+is read from a local data folder (<data_dir>/<folder>/<file>) when one is given, otherwise from
+the hub.
 """
 
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from harness.config import UsageError
 
-PROMPT = "Question: {question}\nAnswer:"
 SPLIT_SEED = 1234  # fixed, so every trial of a sweep sees the same validation rows
 
 
 @dataclass(frozen=True)
 class Source:
-    hub_id: str
-    hub_config: str | None
-    files: dict          # split -> file name in the local folder
-    question: str        # field names
-    answer: str
+    """Where a task's rows come from, which fields hold the text, and which rows to keep."""
+    folder: str                       # local rows: <data_dir>/<folder>/<files[split]>
+    files: dict                       # split -> file name (.jsonl, or a .json list)
+    hub: str | None = None            # else the hub dataset id and config, same split names
+    hub_config: str | None = None
+    question: str = "question"        # field names of the question and answer text
+    answer: str = "answer"
+    where: dict = field(default_factory=dict)  # keep rows whose field contains the text
+    max_chars: int = 0                # keep rows with len(question + " " + answer) <= max_chars; 0 = all
+    cut_answer_at: str = ""           # the answer is the text before this marker (when given)
 
 
-SOURCES = {
-    "gsm8k": Source("openai/gsm8k", "main", {"train": "train.jsonl", "test": "test.jsonl"},
-                    "question", "answer"),
-    "metamathqa": Source("meta-math/MetaMathQA", None, {"train": "MetaMathQA-395K.json"},
-                         "query", "response"),
-}
-TASKS = ("gsm8k",)  # evaluation tasks; each one is also a training source
+@dataclass(frozen=True)
+class Format:
+    """How a row becomes training text: prompt, then the target (the answer, and end of sequence)."""
+    prompt: str = "Question: {question}\nAnswer:"
+    answer: str = " {answer}"
+    eos: bool = True
+    loss: str = "answer"              # "answer": loss on the target only; "all": on the prompt too
+
+
+GSM8K = Source("gsm8k", {"train": "train.jsonl"}, "openai/gsm8k", "main")  # the gsm8k task's rows
+
+
+@dataclass(frozen=True)
+class Training:
+    """The training half of a task: its rows, their format, and the seed of the validation split."""
+    source: Source = GSM8K
+    format: Format = field(default_factory=Format)
+    split_seed: int = SPLIT_SEED
 
 
 def _read_local(path: Path, src: Source) -> list[dict]:
@@ -55,54 +71,75 @@ def _read_local(path: Path, src: Source) -> list[dict]:
             except json.JSONDecodeError:
                 raise UsageError(f"data file {path} line {number} is not valid JSON: "
                                  f"fix or remove that row") from None
+    needed = (src.question, src.answer, *src.where)
     for number, row in enumerate(rows, 1):
-        if not (isinstance(row, dict) and isinstance(row.get(src.question), str)
-                and isinstance(row.get(src.answer), str)):
+        if not (isinstance(row, dict) and all(isinstance(row.get(name), str) for name in needed)):
             raise UsageError(f"data file {path} row {number} lacks the text fields "
-                             f"{src.question!r} and {src.answer!r}: fix or remove that row")
+                             f"{', '.join(map(repr, needed))}: fix or remove that row")
     return rows
 
 
 def _read_hub(src: Source, split: str) -> list[dict]:
+    if not src.hub:
+        raise UsageError(f"{src.folder} has no hub dataset: pass --data-dir with a folder holding "
+                         f"{src.folder}/{src.files[split]}")
     from datasets import load_dataset
     try:
-        return list(load_dataset(src.hub_id, src.hub_config, split=split))
+        return list(load_dataset(src.hub, src.hub_config, split=split))
     except Exception as err:  # offline, unknown split, ...
-        raise UsageError(f"cannot load {src.hub_id} from the hub ({type(err).__name__}): "
+        raise UsageError(f"cannot load {src.hub} from the hub ({type(err).__name__}): "
                          f"pass --data-dir with a local copy") from None
 
 
-def load_rows(name: str, split: str, data_dir: str = "") -> list[dict]:
-    """Rows of a source as {"question", "answer"} dicts, in dataset order."""
-    src = SOURCES[name]
+def keep(src: Source, row: dict) -> bool:
+    """The source's row filter (applied to the original text, before cut_answer_at)."""
+    if any(text not in row[name] for name, text in src.where.items()):
+        return False
+    return not src.max_chars or len(f"{row[src.question]} {row[src.answer]}") <= src.max_chars
+
+
+def load_rows(source: Source | str, split: str, data_dir: str = "") -> list[dict]:
+    """Rows of a source that pass its filter, as {"question", "answer"} dicts, in dataset order.
+    A bare name reads the data folder's plain layout: <data_dir>/<name>/<split>.jsonl."""
+    src = Source(source, {split: f"{split}.jsonl"}) if isinstance(source, str) else source
+    if split not in src.files:
+        raise UsageError(f"source {src.folder} has no {split} split: name its file in the task file")
     if data_dir:
-        rows = _read_local(Path(data_dir) / name / src.files[split], src)
+        rows = _read_local(Path(data_dir) / src.folder / src.files[split], src)
     else:
         rows = _read_hub(src, split)
-    return [{"question": r[src.question], "answer": r[src.answer]} for r in rows]
+    cut = src.cut_answer_at
+    return [{"question": r[src.question], "answer": r[src.answer].split(cut)[0] if cut else r[src.answer]}
+            for r in rows if keep(src, r)]
 
 
-def split_rows(rows: list[dict], val_size: int, train_size: int = 0):
+def split_rows(rows: list[dict], val_size: int, train_size: int = 0, seed: int = SPLIT_SEED):
     """(train, val): val is a fixed random slice; train keeps dataset order, cut to train_size."""
     if val_size >= len(rows):
         raise UsageError(f"val_size {val_size} leaves no training rows out of {len(rows)}")
     order = list(range(len(rows)))
-    random.Random(SPLIT_SEED).shuffle(order)
+    random.Random(seed).shuffle(order)
     held = set(order[:val_size])
     val = [rows[i] for i in sorted(held)]
     train = [r for i, r in enumerate(rows) if i not in held]
     return (train[:train_size] if train_size else train), val
 
 
-def encode(rows: list[dict], tok, max_length: int) -> list[tuple[list[int], list[int]]]:
-    """(input_ids, labels) per row; labels are -100 on the prompt, so loss is on the answer only."""
+def training_text(row: dict, fmt: Format = Format()) -> tuple[str, str]:
+    """(prompt, target) of a row as training text; the end-of-sequence token follows the target."""
+    return fmt.prompt.format(question=row["question"]), fmt.answer.format(answer=row["answer"])
+
+
+def encode(rows: list[dict], tok, max_length: int, fmt: Format = Format()) -> list[tuple[list[int], list[int]]]:
+    """(input_ids, labels) per row; labels are -100 on the prompt unless fmt.loss is "all"."""
     examples = []
     for row in rows:
-        prompt = tok(PROMPT.format(question=row["question"])).input_ids
-        answer = tok(" " + row["answer"], add_special_tokens=False).input_ids + [tok.eos_token_id]
+        prompt, target = training_text(row, fmt)
+        prompt = tok(prompt).input_ids
+        answer = tok(target, add_special_tokens=False).input_ids + ([tok.eos_token_id] if fmt.eos else [])
         ids = (prompt + answer)[:max_length]
-        labels = ([-100] * len(prompt) + answer)[:max_length]
-        examples.append((ids, labels))
+        labels = (prompt if fmt.loss == "all" else [-100] * len(prompt)) + answer
+        examples.append((ids, labels[:max_length]))
     return examples
 
 

@@ -57,7 +57,7 @@ def _flat(sc) -> dict:
 
 
 def _same(key: str, given, saved) -> bool:
-    if key in ("data_dir", "spaces"):
+    if key in ("data_dir", "spaces", "tasks_dir"):
         return str(Path(given).expanduser().resolve()) == saved
     if key == "tracking_uri":  # saved without its password
         return tracking.redact(given) == saved

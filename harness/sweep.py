@@ -1,8 +1,8 @@
 """Sweeps on Ray Tune: the plan, the trial function, progress, and the Tuner run.
 
 Each trial trains one (method, lr, seed, hyperparameters) config, reports validation loss at
-every interval, then is scored by its task (lm-eval on gsm8k). MLflow records are written from
-the driver."""
+every interval, then is scored by its task (lm-eval on GSM8K for the LLM tasks). MLflow records
+are written from the driver."""
 
 import json
 import logging
@@ -18,7 +18,8 @@ from ray.tune import Callback
 
 import methods
 from harness import resume, spaces, tasks, tracking
-from harness.config import TrialConfig, UsageError, positive, resolve, trial_spec
+from harness.config import TrialConfig, UsageError, positive, trial_spec
+from harness.tasks import preset_hparams, resolve
 
 DIVERGED = 1e9  # the objective of a diverged trial: worse than any real loss, still finite for MLflow
 
@@ -84,8 +85,9 @@ def prepare(sc: SweepConfig) -> list[dict]:
     sc.tracking_uri = tracking.resolve_uri(sc.tracking_uri, Path(sc.storage))
     seeds = list(range(sc.trial.seed, sc.trial.seed + sc.seeds))
     plan = spaces.plan(sc.methods, sc.trial.preset, sc.lrs, seeds, method_spaces(sc))
-    for entry in plan:  # every method hyperparameter combination is valid for its method
-        resolve(TrialConfig(**{**asdict(sc.trial), **entry}))
+    for entry in plan:  # the preset's hyperparameters under the grid's, recorded with each trial
+        entry["hparams"] = {**preset_hparams(sc.trial, entry["method"]), **entry["hparams"]}
+        resolve(TrialConfig(**{**asdict(sc.trial), **entry}))  # valid for its method
     return plan
 
 
@@ -134,6 +136,12 @@ def describe(sc: SweepConfig, plan: list[dict]) -> str:
     cpus, gpus = _resources(sc)
     lines.append(f"resources per trial: {cpus:g} CPUs, {gpus:g} GPUs; concurrency: "
                  f"{sc.max_concurrent or 'as resources allow'}")
+    warmup = f"{t.warmup} steps" + (f" ({t.warmup_ratio:g} of the steps)" if t.warmup_ratio else "")
+    lines.append(f"each trial: {t.steps} steps of batch {t.batch_size} x {t.grad_accum} accumulated, "
+                 f"max_length {t.max_length}, {t.schedule} schedule after {warmup} of warm-up, weight decay "
+                 f"{t.weight_decay:g}, gradient clipping {t.max_grad_norm:g}, targets {t.targets}, dtype {t.dtype}, "
+                 f"validation every {t.eval_interval} steps")
+    lines.append(tasks.get(t.task).describe(t))
     lines.append(tasks.get(t.task).compute(t, count))
     return "\n".join(lines)
 
@@ -147,12 +155,12 @@ def train_trial(config: dict, base: dict):
     import ray.tune
     import torch
 
-    task = tasks.get(base["trial"]["task"])
     torch.set_num_threads(max(1, int(base["cpus"])))  # Ray may cap threads at 1 otherwise
     spec = trial_spec(config)
     # Under the sweep folder, not Ray's trial dir: on a cluster that one is on the worker's disk.
     out = str(Path(base["sweep_dir"], "trials", ray.tune.get_context().get_trial_name()))
-    cfg = resolve(TrialConfig(**{**base["trial"], **spec, "out": out}))
+    cfg = resolve(TrialConfig(**{**base["trial"], **spec, "out": out}))  # finds --tasks-dir tasks too
+    task = tasks.get(cfg.task)
     last = {"val_loss": None}
 
     def report(point):
@@ -211,7 +219,8 @@ def build_tuner(sc: SweepConfig, plan: list[dict], parent_id: str):
     else:
         from ray.tune.search.optuna import OptunaSearch
         loaded = method_spaces(sc)
-        grids = {m: loaded[m].get(sc.trial.preset, loaded[m].get("grid", {})) for m in sc.methods}
+        grids = {m: {**{k: [v] for k, v in preset_hparams(sc.trial, m).items()},
+                     **loaded[m].get(sc.trial.preset, loaded[m].get("grid", {}))} for m in sc.methods}
         param_space = {}
         tune_config.update(num_samples=total, search_alg=OptunaSearch(
             space=OptunaSpace(sc.methods, sc.lrs, grids), seed=sc.trial.seed, **objective))

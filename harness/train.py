@@ -57,13 +57,14 @@ def clip(params, max_norm: float) -> float:
     return torch.nn.utils.clip_grad_norm_(params, max_norm or math.inf).item()
 
 
-def prepare(cfg: TrialConfig, device):
-    """(model, tokenizer, train examples, val examples) for a resolved config."""
+def prepare(cfg: TrialConfig, device, training: data.Training = data.Training()):
+    """(model, tokenizer, train examples, val examples) for a resolved config and the task's
+    training rows and format (default: the gsm8k task's)."""
     model, tok = load(cfg.model, device, pick_dtype(device, cfg.dtype), cfg.trust_remote_code)
-    rows = data.load_rows(cfg.train_data or cfg.task, "train", cfg.data_dir)
-    train_rows, val_rows = data.split_rows(rows, cfg.val_size, cfg.train_size)
-    return (model, tok, data.encode(train_rows, tok, cfg.max_length),
-            data.encode(val_rows, tok, cfg.max_length))
+    rows = data.load_rows(training.source, "train", cfg.data_dir)
+    train_rows, val_rows = data.split_rows(rows, cfg.val_size, cfg.train_size, training.split_seed)
+    return (model, tok, data.encode(train_rows, tok, cfg.max_length, training.format),
+            data.encode(val_rows, tok, cfg.max_length, training.format))
 
 
 def add_adapters(cfg: TrialConfig, model, train_ex, pad_id, device) -> tuple:
@@ -102,13 +103,14 @@ def save_init(model, out: str) -> Path:
     return init_dir
 
 
-def run_trial(cfg: TrialConfig, report=None, progress: bool = False) -> dict:
+def run_trial(cfg: TrialConfig, report=None, progress: bool = False,
+              training: data.Training = data.Training()) -> dict:
     """Train one resolved config; returns the final metrics (also written to <out>/metrics.json)."""
     started = time.perf_counter()
     seed_everything(cfg.seed)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg.device)
-    model, tok, train_ex, val_ex = prepare(cfg, device)
+    model, tok, train_ex, val_ex = prepare(cfg, device, training)
     model, info = add_adapters(cfg, model, train_ex, tok.pad_token_id, device)
     method = methods.get(cfg.method)
     init_dir = save_init(model, cfg.out) if method.mutates_base else None

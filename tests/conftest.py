@@ -22,7 +22,8 @@ def data_dir() -> str:
 @pytest.fixture
 def smoke(data_dir, tmp_path):
     """A resolved smoke-preset TrialConfig factory writing under tmp_path."""
-    from harness.config import TrialConfig, resolve
+    from harness.config import TrialConfig
+    from harness.tasks import resolve
 
     def make(method="lora", lr=1e-2, **fields):
         fields.setdefault("out", str(tmp_path / f"{method}-{lr:g}"))

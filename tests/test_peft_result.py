@@ -41,7 +41,8 @@ def check(obj: dict, schema: dict):
 
 @pytest.fixture(scope="module")
 def result(data_dir, tmp_path_factory):
-    from harness.config import TrialConfig, resolve
+    from harness.config import TrialConfig
+    from harness.tasks import resolve
     out = tmp_path_factory.mktemp("trial") / "lora"
     cfg = resolve(TrialConfig(method="lora", lr=1e-2, preset="smoke", data_dir=data_dir, steps=8,
                               eval_interval=4, eval_limit=1, out=str(out)))

@@ -7,7 +7,8 @@ from unittest.mock import patch
 import torch
 
 from harness.cli import build_parser, config_from, ui_command
-from harness.config import TrialConfig, resolve
+from harness.config import TrialConfig
+from harness.tasks import resolve
 from harness.resume import save
 from harness.sweep import SweepConfig, run_params
 from helpers import run_cli

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import methods
-from harness import toy
-from harness.config import TrialConfig, UsageError, resolve
+from harness.config import TrialConfig, UsageError
+from harness.tasks import resolve, toy
 from helpers import run_cli, sweep_runs
 
 METHODS = ["lora", "pissa", "lora-ga", "riemannian", "lora-one"]

@@ -48,6 +48,7 @@ class Toy:
     ladder_lrs: tuple   # the sweep's default learning rates
     init_scale: float   # std of LoRA's Gaussian A₀; 0 keeps PEFT's kaiming-uniform init
     reuse_workers = True  # a trial takes about a second, a fresh worker process many more
+    presets = {}          # none of its own: the task's defaults replace the presets' LLM sizes
 
     @property
     def defaults(self) -> dict:
@@ -93,6 +94,10 @@ class Toy:
     def compute(self, trial, count: int) -> str:
         return (f"compute: {count} trials x {trial.steps} full-batch steps of a {trial.model} linear "
                 f"model (seconds each on a CPU); no lm-eval scoring")
+
+    def describe(self, trial) -> str:
+        return (f"task {trial.task}: y = x Wᵀ, W₀ {D}x{D} N(0, 1), target W₀ + Θ with Θ of rank {K} and "
+                f"singular values {self.singular_values}, {N} Gaussian inputs; risk = val_loss")
 
     def run(self, cfg, report=None) -> dict:
         return run_trial(cfg, report)
