@@ -47,6 +47,7 @@ class TrialConfig:
     train_data: str | None = None     # training source; defaults to the task's own train split
     data_dir: str = ""                # local data folder (layout: <task>/train.jsonl, test.jsonl)
     out: str = ""                     # trial folder: metrics.json, adapter/
+    init_cache: str = ""              # folder of stored adapter inits (harness.inits); "" = none
     seed: int = 0
     steps: int | None = None
     batch_size: int | None = None

@@ -152,7 +152,8 @@ def train_trial(config: dict, base: dict):
     spec = trial_spec(config)
     # Under the sweep folder, not Ray's trial dir: on a cluster that one is on the worker's disk.
     out = str(Path(base["sweep_dir"], "trials", ray.tune.get_context().get_trial_name()))
-    cfg = resolve(TrialConfig(**{**base["trial"], **spec, "out": out}))
+    cfg = resolve(TrialConfig(**{**base["trial"], **spec, "out": out,
+                                 "init_cache": str(Path(base["sweep_dir"], "inits"))}))
     last = {"val_loss": None}
 
     def report(point):
