@@ -51,6 +51,7 @@ class TrialConfig:
     model: str | None = None
     data_dir: str = ""                # local data folder (layout: <source>/<file>, as the task names)
     out: str = ""                     # trial folder: metrics.json, adapter/
+    init_cache: str = ""              # folder of stored adapter inits (harness.inits); "" = none
     seed: int = 0
     steps: int | None = None
     batch_size: int | None = None

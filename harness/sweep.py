@@ -159,7 +159,8 @@ def train_trial(config: dict, base: dict):
     spec = trial_spec(config)
     # Under the sweep folder, not Ray's trial dir: on a cluster that one is on the worker's disk.
     out = str(Path(base["sweep_dir"], "trials", ray.tune.get_context().get_trial_name()))
-    cfg = resolve(TrialConfig(**{**base["trial"], **spec, "out": out}))  # finds --tasks-dir tasks too
+    cfg = resolve(TrialConfig(**{**base["trial"], **spec, "out": out,   # finds --tasks-dir tasks too
+                                 "init_cache": str(Path(base["sweep_dir"], "inits"))}))
     task = tasks.get(cfg.task)
     last = {"val_loss": None}
 

@@ -17,7 +17,7 @@ from peft import get_peft_model
 from tqdm import tqdm
 
 import methods
-from harness import data
+from harness import data, inits
 from harness.config import TrialConfig
 from harness.faults import maybe_inject
 from harness.gradients import estimate_gradients, loss_of
@@ -68,10 +68,31 @@ def prepare(cfg: TrialConfig, device, training: data.Training = data.Training())
 
 
 def add_adapters(cfg: TrialConfig, model, train_ex, pad_id, device) -> tuple:
-    """The PEFT model with the method's init, and the init phase's measurements."""
-    method, hp = methods.get(cfg.method), cfg.hparams
+    """The PEFT model with the method's init, from the init cache when it holds it, and the init
+    phase's measurements. The init draws its random numbers (PEFT's kaiming A, randomized SVDs)
+    from a stream seeded by the trial seed and then put back, so training continues from the same
+    RNG state whether the init was computed or loaded."""
+    method = methods.get(cfg.method)
     targets = target_modules(model, cfg.targets)
-    grads, info = None, {}
+    fields = inits.key(cfg, method, model, targets, train_ex) if cfg.init_cache and inits.cacheable(method, cfg.hparams) else None
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(cfg.seed)
+        start = time.perf_counter()
+        entry = inits.load(cfg.init_cache, fields) if fields else None
+        if entry:
+            model = load_init(cfg, method, model, targets, entry)
+            return model, dict(init_cached=1, init_seconds=time.perf_counter() - start)
+        before = inits.originals(model, targets) if fields and method.mutates_base else None
+        model, info = compute_init(cfg, method, model, targets, train_ex, pad_id, device)
+        if fields:
+            start = time.perf_counter()
+            inits.save(cfg.init_cache, fields, inits.capture(model, before))
+            info["init_save_seconds"] = time.perf_counter() - start
+    return model, info
+
+
+def compute_init(cfg: TrialConfig, method, model, targets, train_ex, pad_id, device) -> tuple:
+    hp, grads, info = cfg.hparams, None, dict(init_cached=0)
     if method.needs_gradients:
         start = time.perf_counter()
         with PeakMemory(device) as peak:
@@ -83,6 +104,16 @@ def add_adapters(cfg: TrialConfig, model, train_ex, pad_id, device) -> tuple:
     method.init_adapters(model, hp, grads)
     info["init_seconds"] = time.perf_counter() - start
     return model, info
+
+
+def load_init(cfg: TrialConfig, method, model, targets, entry: dict):
+    """PEFT's plain init (no SVD), overwritten by the stored factors and base weights."""
+    config = method.lora_config(cfg.hparams, targets)
+    init, config.init_lora_weights = config.init_lora_weights, True
+    model = get_peft_model(model, config)
+    model.peft_config["default"].init_lora_weights = init   # saved in adapter_config.json
+    inits.restore(model, entry, method.mutates_base)
+    return model
 
 
 def save_adapter(cfg: TrialConfig, model, init_dir: Path | None):

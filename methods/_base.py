@@ -21,6 +21,12 @@ class Method:
     zero_ok = ("dropout",)          # numeric hyperparameters that may be 0
     needs_gradients = False
     mutates_base = False
+    init_keys: tuple | None = None  # the hyperparameters the init depends on; None: all (safe)
+
+    def init_seeded(self, hp: dict, shapes: list[tuple[int, int]]) -> bool:
+        """Whether the init's result depends on the random numbers it draws, for these (m, n)
+        target shapes; then the init cache keys it by seed. LoRA's kaiming A does."""
+        return True
 
     def resolve(self, overrides: dict) -> dict:
         """Defaults with overrides applied; unknown keys and bad values are usage errors."""
@@ -43,6 +49,10 @@ class Method:
             else:
                 positive(key, value, allow_zero=key in self.zero_ok)
         return hp
+
+    def worth_caching(self, hp: dict) -> bool:
+        """Whether a sweep should store this init for its other trials (harness/inits.py)."""
+        return True
 
     def inert(self, hp: dict) -> set:
         """Hyperparameters that change nothing given the others (a grid need not vary them)."""
@@ -82,12 +92,17 @@ def set_factors(layer, A: torch.Tensor, B: torch.Tensor, new_weight: torch.Tenso
         layer.get_base_layer().weight.copy_(new_weight)
 
 
+def randomized(shape: tuple[int, int], q: int) -> bool:
+    """Whether `top_svd` of a matrix of this shape draws a random sketch (else: the exact SVD)."""
+    return 2 * q <= min(shape)
+
+
 def top_svd(matrix: torch.Tensor, q: int, niter: int):
     """(U, S, V) of the top-q singular triplets, as torch.svd_lowrank(matrix, q, niter) computes.
     When q exceeds half the smaller side the randomized sketch is nearly full rank and costs more
     than the exact SVD (LoRA-One's q=512 on a 576x1536 layer: 0.65 s against 0.10 s on 2 CPU
     cores), so the exact SVD is used; it returns the same top factors, without sketch error."""
-    if 2 * q <= min(matrix.shape):
+    if randomized(matrix.shape, q):
         return torch.svd_lowrank(matrix, q=q, niter=niter)
     U, S, Vh = torch.linalg.svd(matrix, full_matrices=False)
     return U[:, :q], S[:q], Vh[:q].T

@@ -10,7 +10,11 @@ import math
 import torch
 
 from methods import register
-from methods._base import Method, lora_layers, set_factors, top_svd
+from methods._base import Method, lora_layers, randomized, set_factors, top_svd
+
+
+def sketch_size(rank: int, m: int, n: int) -> int:
+    return min(4 * rank, m, n)
 
 
 def init_factors(weight: torch.Tensor, grad: torch.Tensor, *, rank: int, scaling: float,
@@ -19,7 +23,7 @@ def init_factors(weight: torch.Tensor, grad: torch.Tensor, *, rank: int, scaling
     m, n = weight.shape
     if 2 * rank > min(m, n):
         raise ValueError(f"LoRA-GA needs 2*rank <= min(m, n); got rank {rank} for a {m}x{n} layer")
-    U, _, V = top_svd(grad.float(), q=min(4 * rank, m, n), niter=4)
+    U, _, V = top_svd(grad.float(), q=sketch_size(rank, m, n), niter=4)
     c = m ** 0.25 / math.sqrt(gamma)
     A = V[:, :rank].T.contiguous() * c
     B = U[:, rank:2 * rank].contiguous() * c
@@ -34,6 +38,10 @@ class LoraGA(Method):
     defaults = dict(use_rslora=True, gamma=16.0, grad_samples=8)
     needs_gradients = True
     mutates_base = True
+    init_keys = ("rank", "alpha", "use_rslora", "gamma", "grad_samples")
+
+    def init_seeded(self, hp, shapes):
+        return any(randomized((m, n), sketch_size(hp["rank"], m, n)) for m, n in shapes)
 
     def init_adapters(self, model, hp, grads):
         s = self.scaling(hp)

@@ -16,15 +16,19 @@ import math
 import torch
 
 from methods import register
-from methods._base import Method, lora_layers, set_factors, top_svd
+from methods._base import Method, lora_layers, randomized, set_factors, top_svd
 from methods.riemannian import UPDATES, preconditioned_optimizer
+
+
+def sketch_size(m: int, n: int) -> int:
+    return min(512, m, n)
 
 
 def init_factors(weight: torch.Tensor, grad: torch.Tensor, *, rank: int, scaling: float,
                  gamma: float = 128) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(A r×n fp32, B m×r fp32, the unchanged weight) for one m×n layer."""
     m, n = weight.shape
-    U, S, V = top_svd(-grad.float(), q=min(512, m, n), niter=16)
+    U, S, V = top_svd(-grad.float(), q=sketch_size(m, n), niter=16)
     root = S[:rank].sqrt() / math.sqrt(S[0].item() * gamma)
     B = U[:, :rank] * root
     A = (V[:, :rank] * root).T.contiguous()
@@ -39,6 +43,10 @@ class LoraOne(Method):
                     grad_samples=8)
     choices = {**Method.choices, "update": UPDATES}
     needs_gradients = True
+    init_keys = ("rank", "gamma", "grad_samples")   # the factors do not depend on the scaling
+
+    def init_seeded(self, hp, shapes):
+        return any(randomized((m, n), sketch_size(m, n)) for m, n in shapes)
 
     def init_adapters(self, model, hp, grads):
         s = self.scaling(hp)

@@ -14,6 +14,15 @@ class Pissa(Method):
     defaults = dict(alpha=8.0, niter=16)
     zero_ok = ("dropout", "niter")   # niter 0: exact SVD
     mutates_base = True
+    init_keys = ("rank", "alpha", "use_rslora", "niter")
+
+    def init_seeded(self, hp, shapes):
+        return hp["niter"] > 0   # PEFT's pissa_niter_K is torch.svd_lowrank
+
+    def worth_caching(self, hp):
+        # The randomized SVD takes seconds, and on a bf16 model the entry must carry the residual
+        # base weights (13 GB for Llama-2-7B); the exact SVD (niter 0) takes minutes per trial.
+        return hp["niter"] == 0
 
     def lora_config(self, hp, targets):
         config = super().lora_config(hp, targets)
