@@ -142,6 +142,8 @@ class Refine(Searcher):
                        "trials": {}} for (m, hp), share in zip(lines, shares(budget, lines))]
         self.queue, self.live, self.decisions = [], {}, []
         ladder = [d * self.steps for d in decades(lrs)]
+        self._note(f"every line: coarse ladder lr={', '.join(f'{lr_at(p, self.steps):g}' for p in ladder)}, "
+                   f"seed {first_seed}; at most {budget} trials")
         for pos in ladder:  # rung by rung, so every method starts at once
             for i in range(len(self.lines)):
                 self._add(i, pos, first_seed, "coarse ladder")

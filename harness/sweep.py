@@ -177,7 +177,7 @@ def refine_text(sc: SweepConfig, plan: list[dict]) -> list[str]:
     out = [f"  refine starts with the coarse ladder, lr={', '.join(f'{lr:g}' for lr in search.coarse(sc.lrs))}, "
            f"seed {sc.trial.seed}, for each of:"]
     for (m, hp), share in zip(lines, search.shares(sc.budget, lines)):
-        out.append(f"    {m:<11} {' '.join(f'{k}={v}' for k, v in hp.items())}  (at most {share} trials)")
+        out.append(f"    {m}{''.join(f' {k}={v}' for k, v in hp.items())}: at most {share} trials")
     step = 1 / search.per_decade(sc.resolution)
     out.append(f"  then rounds of rungs down to {step:g} decades, ladder extensions and up to {sc.seeds} seeds "
                f"(docs/sweeps.md); at most {sc.budget} trials in all (--budget; the full grid of {len(fine)} "
