@@ -22,6 +22,8 @@ which trials complete. A round adds, in this order of priority:
    interval of the line's pooled seed noise (reports.statistics.seed_noise) or below TIE. Where
    the seeds agree exactly (a method whose init ignores the seed) more seeds cannot tell rungs apart:
    none are added.
+4 and 5 wait while 1 or 2 add anything: the window and the seeds follow the best, which may move.
+The noise is the line's own (a pool over other lines would make it depend on their timing).
 A line stops when a round would add nothing (best lr and window settled to the resolution), or
 when its share of --budget is spent: the budget is split evenly over methods, then over each
 method's lines, fixed before anything runs (a share freed by a line that settles early is not
@@ -307,25 +309,38 @@ class Line:
         return gap <= max(TIE, stats.t975(df) * sd * math.sqrt(1 / r["n"] + 1 / best["n"]))
 
 
-def summary(line: dict, steps: int) -> str:
-    """'best lr 0.1 (within noise: 0.0562 to 0.1), window [0.0316, 0.178], 3 seeds at the best'."""
+def outcome(line: dict, steps: int) -> dict:
+    """A line's answer: best lr, the rungs within noise of it (the best lr is stated as lying
+    among them), the robust window, and the seeds at the best; empty before any trial ended."""
     if not any(t["status"] for t in line["trials"].values()):
-        return "no trial ended"
+        return {}
     view = Line(line, steps, LOSS_TOL)
     if view.best is None:
-        return "no usable learning rate"
+        return {"best": None}
     close = view.close_to_best()
-    low, high = view.window
-    lr = lambda p: f"{lr_at(p, steps):g}"
-    return (f"best lr {lr(view.best)} (within noise: {lr(min(close))} to {lr(max(close))}), window "
-            f"[{lr(low)}, {lr(high)}], {view.rungs[view.best]['n']} seed(s) at the best")
+    lr = lambda p: lr_at(p, steps)
+    return {"best": lr(view.best), "best_low": lr(min(close)), "best_high": lr(max(close)),
+            "window_low": lr(view.window[0]), "window_high": lr(view.window[1]),
+            "seeds_at_best": view.rungs[view.best]["n"]}
+
+
+def summary(line: dict, steps: int) -> str:
+    """'best lr 0.1 (within noise: 0.0562 to 0.1), window [0.0316, 0.178], 3 seed(s) at the best'."""
+    o = outcome(line, steps)
+    if not o:
+        return "no trial ended"
+    if o["best"] is None:
+        return "no usable learning rate"
+    return (f"best lr {o['best']:g} (within noise: {o['best_low']:g} to {o['best_high']:g}), window "
+            f"[{o['window_low']:g}, {o['window_high']:g}], {o['seeds_at_best']} seed(s) at the best")
 
 
 def results(state: dict) -> dict:
     """What refine.json holds: each line's outcome and the decisions in order."""
     lines = [{"method": line["method"], "hparams": line["hparams"], "trials": len(line["trials"]),
               "budget": line["budget"], "end": line["end"] or "unfinished", "rounds": line["round"] + 1,
-              "summary": summary(line, state["steps"])} for line in state["lines"]]
+              "summary": summary(line, state["steps"]), **outcome(line, state["steps"])}
+             for line in state["lines"]]
     return {"lines": lines, "decisions": state["decisions"]}
 
 

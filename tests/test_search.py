@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from harness.cli import main
 from harness.search import DIVERGED, Refine, lr_at
 from harness.tracking import sweep_rows
 from helpers import run_cli, sweep_runs
@@ -198,18 +199,19 @@ def test_refine_sweep_through_the_cli(toy_refine):
     assert len(parents) == 1 and len(children) == len(keys)
 
 
-def test_dry_run_and_bad_values(tmp_path):
-    proc = run_cli("run", *TOY, "--storage", tmp_path, "--dry-run")
-    assert proc.returncode == 0, proc.stderr
-    assert "coarse ladder, lr=0.01, 0.1, 1" in proc.stdout and "at most 20 trials in all" in proc.stdout
-    assert not tmp_path.joinpath("runs").exists()
+def test_dry_run_and_bad_values(tmp_path, capsys):
+    assert main(["run", *TOY, "--storage", str(tmp_path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "coarse ladder, lr=0.01, 0.1, 1, seed 0" in out and "at most 20 trials in all" in out
+    assert "lora-one: at most 10 trials" in out and not list(tmp_path.iterdir())
     for flags, message in ((["--resolution", "0"], "--resolution must be a number > 0"),
                            (["--resolution", "3"], "--resolution 3 is coarser"),
                            (["--budget", "4"], "raise --budget to at least 6"),
                            (["--budget", "-1"], "--budget must be a number >= 0"),
                            (["--scheduler", "asha"], "use --scheduler none with --search refine")):
-        bad = run_cli("run", *TOY, *flags, "--storage", tmp_path, "--dry-run")
-        assert bad.returncode == 2 and message in bad.stderr and len(bad.stderr.splitlines()) == 1, bad.stderr
+        assert main(["run", *TOY, *flags, "--storage", str(tmp_path), "--dry-run"]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.splitlines()) == 1, err
 
 
 def test_resume_after_the_driver_is_killed(toy_refine):
