@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness import search  # noqa: E402
 from reports.robustness import analyze  # noqa: E402
+from reports.statistics import window_text  # noqa: E402
 
 PARTS = {  # part: (flags of harness run, the span's lrs)
     "toy": (["--task", "toy-linear-illcond", "--preset", "cpu"], [1e-3, 1.0]),
@@ -43,8 +44,13 @@ def sweep(storage: Path, name: str, flags: list) -> tuple[list[dict], float]:
     return json.loads((storage / name / "results.json").read_text()), time.monotonic() - start
 
 
-def rungs_apart(a: float, b: float) -> float:
-    return abs(math.log10(a / b)) / RESOLUTION
+def edges_apart(grid: dict, refine: dict) -> float:
+    """Quarter-decade rungs between the windows' edges, the farther side. A grid window open on a
+    side (it reaches the grid's end) may extend beyond: refine's edge past it agrees with it."""
+    def apart(side, beyond):
+        gap = math.log10(refine[side] / grid[side]) / RESOLUTION
+        return 0.0 if grid[f"open_{side}"] and beyond(gap) else abs(gap)
+    return max(apart("low", lambda gap: gap <= 0), apart("high", lambda gap: gap >= 0))
 
 
 def compare(part: str, methods: str, storage: Path, data_dir: str) -> list[str]:
@@ -66,11 +72,11 @@ def compare(part: str, methods: str, storage: Path, data_dir: str) -> list[str]:
         r, line = refine[name], lines[name]
         same = g["best_lr"] == r["best_lr"] or line["best_low"] <= g["best_lr"] <= line["best_high"]
         gw, rw = g["window"], r["window"]
-        apart = max(rungs_apart(gw["low"], rw["low"]), rungs_apart(gw["high"], rw["high"]))
+        apart = edges_apart(gw, rw)
         ok &= same and apart <= 1 + 1e-3  # lrs are kept to 6 digits
         out.append(f"| {name} | {g['best_lr']:g} | {r['best_lr']:g} ({line['best_low']:g} to {line['best_high']:g}) "
-                   f"| {'yes' if same else 'NO'} | [{gw['low']:g}, {gw['high']:g}]{' open' * (gw['open_low'] or gw['open_high'])} "
-                   f"| [{rw['low']:g}, {rw['high']:g}] | {apart:.0f} | {g['trials']} | {r['trials']} |")
+                   f"| {'yes' if same else 'NO'} | {window_text(gw)} "
+                   f"| {window_text(rw)} | {apart:.0f} | {g['trials']} | {r['trials']} |")
     share = len(refine_rows) / len(grid_rows)
     out += ["", f"trials: grid {len(grid_rows)}, refine {len(refine_rows)} ({share:.0%} of the grid); wall time: "
             f"grid {grid_s:.0f} s, refine {refine_s:.0f} s (ratio {refine_s / grid_s:.2f}); "

@@ -234,3 +234,11 @@ def test_resume_after_the_driver_is_killed(toy_refine):
     _, _, recorded = sweep_rows(f"sqlite:///{storage / 'mlflow.db'}", "toy-linear-illcond", "killed")
     assert sorted((r["method"], r["lr"], r["seed"]) for r in recorded) == keys
     assert len(children) == len(keys)
+
+
+def test_the_report_window_steps_over_rungs_only_another_method_tried():
+    from reports.robustness import analyze
+    rows = [dict(method=m, lr=lr, seed=0, hparams={}, status="finished", val_loss=v)
+            for m, lr, v in (("a", 1e-3, 2.0), ("a", 1e-2, 1.0), ("a", 1e-1, 1.01), ("b", 3e-2, 1.0))]
+    window = analyze(rows, resamples=10)["methods"]["a"]["window"]
+    assert (window["low"], window["high"], window["rungs"]) == (1e-2, 1e-1, 2)  # 3e-2 is b's alone
