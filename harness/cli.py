@@ -146,7 +146,8 @@ def sweep_config(args):
     return sweep.SweepConfig(
         methods=names, trial=config_from(args, method=names[0], lr=1.0, seed=args.seed),
         name=args.resume or args.name, search=args.search, trials=args.trials, scheduler=args.scheduler,
-        seeds=args.seeds, lrs=args.lrs, cpus_per_trial=args.cpus_per_trial,
+        seeds=args.seeds if args.seeds is not None else (3 if args.search == "refine" else 1), lrs=args.lrs,
+        resolution=args.resolution, budget=args.budget, cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
         max_failures=args.max_failures, address=args.address, storage=args.storage,
         tracking_uri=args.tracking_uri, resume=bool(args.resume), spaces=args.spaces)
@@ -166,11 +167,17 @@ def cmd_run(args):
     if args.dry_run:
         print(sweep.describe(sc, plan))
         return 0
-    print(f"sweep {sc.name}: {sweep.trial_count(sc, plan)} trials of {', '.join(sc.methods)} on preset {sc.trial.preset}; "
+    count = f"at most {sc.budget}" if sc.search == "refine" else sweep.trial_count(sc, plan)
+    print(f"sweep {sc.name}: {count} trials of {', '.join(sc.methods)} on preset {sc.trial.preset}; "
           f"tracking {tracking.redact(sc.tracking_uri)}; log {sc.path / 'harness.log'}")
     rows = sweep.run(sc, plan)
     print("\n" + sweep.table(rows))
     print(f"results: {sc.path / 'results.json'}")
+    if sc.search == "refine":
+        for line in json.loads((sc.path / "refine.json").read_text())["lines"]:
+            hp = "".join(f" {k}={v}" for k, v in line["hparams"].items())
+            print(f"refine {line['method']}{hp}: {line['end']} after {line['trials']} trials: {line['summary']}")
+        print(f"refine decisions: {sc.path / 'refine.json'}")
     print(f"report: {report(sc.tracking_uri, sc.trial.task, sc.name, sc.path)}")
     return 0
 
@@ -251,10 +258,16 @@ def cmd_ui(args):
 
 def add_run_options(p):
     p.add_argument("--methods", default="all", help="all, or a comma list (see `harness methods`)")
-    p.add_argument("--search", default="grid", help="grid (ladder x method grid x seeds) or optuna")
+    p.add_argument("--search", default="grid", help="grid (ladder x method grid x seeds), optuna, or refine "
+                   "(adaptive ladder: coarse decades, then rungs and seeds where they decide; docs/sweeps.md)")
     p.add_argument("--trials", type=int, default=8, help="Optuna trials per method (default: 8)")
     p.add_argument("--scheduler", default="none", help="none, or asha (early stopping on val loss)")
-    p.add_argument("--seeds", type=int, default=1, help="seeds per grid point (default: 1)")
+    p.add_argument("--seeds", type=int, default=None, help="seeds per grid point; refine: most seeds per rung "
+                   "(default: 1; refine 3)")
+    p.add_argument("--resolution", type=parse_number, default=0.25, help="refine: finest ladder step in "
+                   "decades, rounded down to 1/2^k (default: 0.25)")
+    p.add_argument("--budget", type=int, default=0, help="refine: most trials in all, shared evenly by the "
+                   "methods (default: the full grid at --resolution x --seeds)")
     p.add_argument("--seed", type=int, default=0, help="first seed, and Optuna's seed (default: 0)")
     p.add_argument("--lrs", type=parse_lrs, default=[], help="learning-rate ladder, for example "
                    "1e-5,1e-4,1e-3 (default: search_spaces/_ladders.yaml for the preset)")

@@ -17,11 +17,10 @@ from pathlib import Path
 from ray.tune import Callback
 
 import methods
-from harness import resume, spaces, tasks, tracking
+from harness import resume, search, spaces, tasks, tracking
 from harness.config import TrialConfig, UsageError, positive, trial_spec
+from harness.search import DIVERGED
 from harness.tasks import preset_hparams, resolve
-
-DIVERGED = 1e9  # the objective of a diverged trial: worse than any real loss, still finite for MLflow
 
 
 @dataclass
@@ -29,8 +28,10 @@ class SweepConfig:
     methods: list
     trial: TrialConfig              # template: everything but method, lr, seed, hparams
     name: str = ""
-    search: str = "grid"            # grid | optuna
+    search: str = "grid"            # grid | optuna | refine
     trials: int = 8                 # optuna trials per method
+    resolution: float = 0.25        # refine: the finest ladder step, in decades
+    budget: int = 0                 # refine: most trials in all (0: the full fine grid's count)
     scheduler: str = "none"         # none | asha
     seeds: int = 1
     lrs: list = field(default_factory=list)
@@ -50,9 +51,10 @@ class SweepConfig:
 
 
 def prepare(sc: SweepConfig) -> list[dict]:
-    """Validate everything before anything starts; returns the grid plan (empty for optuna)."""
-    if sc.search not in ("grid", "optuna"):
-        raise UsageError(f"unknown search {sc.search!r}: use grid or optuna")
+    """Validate everything before anything starts; returns the grid plan (for refine, its first
+    round: the coarse ladder of every line; empty for optuna)."""
+    if sc.search not in ("grid", "optuna", "refine"):
+        raise UsageError(f"unknown search {sc.search!r}: use grid, optuna or refine")
     if sc.scheduler not in ("none", "asha"):
         raise UsageError(f"unknown scheduler {sc.scheduler!r}: use none or asha")
     for name in ("trials", "seeds"):
@@ -88,7 +90,27 @@ def prepare(sc: SweepConfig) -> list[dict]:
     for entry in plan:  # the preset's hyperparameters under the grid's, recorded with each trial
         entry["hparams"] = {**preset_hparams(sc.trial, entry["method"]), **entry["hparams"]}
         resolve(TrialConfig(**{**asdict(sc.trial), **entry}))  # valid for its method
-    return plan
+    return refine_plan(sc, plan) if sc.search == "refine" else plan
+
+
+def refine_plan(sc: SweepConfig, plan: list[dict]) -> list[dict]:
+    """The coarse ladder of every (method, hyperparameters) line of the grid plan, one seed."""
+    positive("--resolution", sc.resolution)
+    if sc.resolution > 1:
+        raise UsageError(f"--resolution {sc.resolution:g} is coarser than the coarse ladder (whole decades): "
+                         f"use 1 or less, such as 0.25")
+    positive("--budget", sc.budget, allow_zero=True)
+    if sc.scheduler != "none":
+        raise UsageError(f"--scheduler {sc.scheduler} stops trials early, and refine decides on final losses: "
+                         f"use --scheduler none with --search refine")
+    lines = search.lines_of(plan)
+    least = search.least_budget(lines, sc.lrs)
+    if sc.budget and sc.budget < least:
+        raise UsageError(f"--budget {sc.budget} cannot run the coarse ladder of every method ({least} trials "
+                         f"for an even share): raise --budget to at least {least}")
+    sc.budget = sc.budget or len(lines) * len(search.fine(sc.lrs, sc.resolution)) * sc.seeds
+    return [dict(method=m, lr=lr, seed=sc.trial.seed, hparams=hp)
+            for lr in search.coarse(sc.lrs) for m, hp in lines]
 
 
 def method_spaces(sc: SweepConfig) -> dict:
@@ -117,7 +139,8 @@ def _check_gpus(sc: SweepConfig):
 
 
 def trial_count(sc: SweepConfig, plan: list[dict]) -> int:
-    return len(plan) if sc.search == "grid" else sc.trials * len(sc.methods)
+    """Trials the sweep runs (refine: the most it may run)."""
+    return {"grid": len(plan), "optuna": sc.trials * len(sc.methods), "refine": sc.budget}[sc.search]
 
 
 def describe(sc: SweepConfig, plan: list[dict]) -> str:
@@ -130,6 +153,8 @@ def describe(sc: SweepConfig, plan: list[dict]) -> str:
         for i, e in enumerate(plan, 1):
             hp = " ".join(f"{k}={v}" for k, v in e["hparams"].items())
             lines.append(f"  {i:>3}. {e['method']:<11} lr={e['lr']:<8g} seed={e['seed']} {hp}")
+    elif sc.search == "refine":
+        lines += refine_text(sc, plan)
     else:
         lines.append(f"  {sc.trials} Optuna TPE trials per method over lr in "
                      f"[{min(sc.lrs):g}, {max(sc.lrs):g}] and each method's grid values")
@@ -144,6 +169,20 @@ def describe(sc: SweepConfig, plan: list[dict]) -> str:
     lines.append(tasks.get(t.task).describe(t))
     lines.append(tasks.get(t.task).compute(t, count))
     return "\n".join(lines)
+
+
+def refine_text(sc: SweepConfig, plan: list[dict]) -> list[str]:
+    lines = search.lines_of(plan)
+    fine = search.fine(sc.lrs, sc.resolution)
+    out = [f"  refine starts with the coarse ladder, lr={', '.join(f'{lr:g}' for lr in search.coarse(sc.lrs))}, "
+           f"seed {sc.trial.seed}, for each of:"]
+    for (m, hp), share in zip(lines, search.shares(sc.budget, lines)):
+        out.append(f"    {m}{''.join(f' {k}={v}' for k, v in hp.items())}: at most {share} trials")
+    step = 1 / search.per_decade(sc.resolution)
+    out.append(f"  then rounds of rungs down to {step:g} decades, ladder extensions and up to {sc.seeds} seeds "
+               f"(docs/sweeps.md); at most {sc.budget} trials in all (--budget; the full grid of {len(fine)} "
+               f"rungs x {sc.seeds} seeds would be {len(lines) * len(fine) * sc.seeds})")
+    return out
 
 
 def _resources(sc: SweepConfig) -> tuple[float, float]:
@@ -181,26 +220,6 @@ def train_trial(config: dict, base: dict):
                      "final": 1, "objective": objective, "out": out})
 
 
-class OptunaSpace:
-    """Define-by-run space: methods take turns, so each gets the same number of TPE trials, and
-    each method's parameters have their own names, so TPE models every method separately.
-    A class, not a closure: Tune pickles the searcher with the experiment."""
-
-    def __init__(self, method_names: list[str], lrs: list[float], grids: dict):
-        self.methods, self.low, self.high, self.grids = method_names, min(lrs), max(lrs), grids
-
-    def __call__(self, trial):
-        method = self.methods[trial.number % len(self.methods)]
-        trial.suggest_float(f"{method}/lr", self.low, self.high, log=True)
-        fixed = {"method": method}
-        for key, values in self.grids[method].items():
-            if len(values) > 1:
-                trial.suggest_categorical(f"{method}/{key}", values)
-            else:
-                fixed[f"{method}/{key}"] = values[0]
-        return fixed
-
-
 def build_tuner(sc: SweepConfig, plan: list[dict], parent_id: str):
     from ray import tune
     cpus, gpus = _resources(sc)
@@ -217,14 +236,18 @@ def build_tuner(sc: SweepConfig, plan: list[dict], parent_id: str):
     objective = dict(metric="objective", mode="min")  # given to the searcher and scheduler themselves
     if sc.search == "grid":
         param_space = {"trial": tune.grid_search(plan)}
+    elif sc.search == "refine":
+        param_space = {}
+        tune_config.update(num_samples=total, search_alg=search.Refine(
+            search.lines_of(plan), sc.lrs, resolution=sc.resolution, seeds=sc.seeds, first_seed=sc.trial.seed,
+            budget=sc.budget, max_concurrent=sc.max_concurrent, **objective))
     else:
-        from ray.tune.search.optuna import OptunaSearch
         loaded = method_spaces(sc)
         grids = {m: {**{k: [v] for k, v in preset_hparams(sc.trial, m).items()},
                      **loaded[m].get(sc.trial.preset, loaded[m].get("grid", {}))} for m in sc.methods}
         param_space = {}
-        tune_config.update(num_samples=total, search_alg=OptunaSearch(
-            space=OptunaSpace(sc.methods, sc.lrs, grids), seed=sc.trial.seed, **objective))
+        tune_config.update(num_samples=total, search_alg=search.optuna(sc.methods, sc.lrs, grids, sc.trial.seed,
+                                                                       **objective))
     if sc.scheduler == "asha":
         from ray.tune.schedulers import ASHAScheduler
         reports = sc.trial.steps // sc.trial.eval_interval + 2
@@ -309,7 +332,15 @@ def run(sc: SweepConfig, plan: list[dict], tags: dict | None = None) -> list[dic
         ray.shutdown()
     rows.sort(key=lambda r: (r["method"], r["lr"], r["seed"]))
     (sc.path / "results.json").write_text(json.dumps(rows, indent=2))
+    if sc.search == "refine":
+        (sc.path / "refine.json").write_text(json.dumps(search.results(refine_state(sc.path)), indent=2))
     return rows
+
+
+def refine_state(path: Path) -> dict:
+    """The refine searcher's last checkpoint (Tune writes one per driver session; the newest wins)."""
+    files = sorted(path.glob(search.Refine.CKPT_FILE_TMPL.format("*")))
+    return json.loads(files[-1].read_text())
 
 
 def run_params(sc: SweepConfig) -> dict:
@@ -328,6 +359,8 @@ def summary_row(result) -> dict:
     status = "stopped" if status == "running" else status
     keys = ("val_loss", "val_loss_init", "gsm8k_strict", "gsm8k_flexible", "gsm8k_n", "step")
     row = {**spec, "status": status, **{k: metrics.get(k) for k in keys}}
+    if "refine" in result.config:  # why the searcher added the trial
+        row.update(result.config["refine"])
     if result.error:
         row["error"] = str(result.error).strip().splitlines()[-1][:300]
     return row

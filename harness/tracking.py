@@ -247,7 +247,7 @@ class Tracker(Callback):
         if trial.trial_id not in self.runs:
             mlf = self.mlf
             tags = {"harness.sweep": self.sweep, "harness.trial_id": trial.trial_id}
-            run_id = find_run(mlf, self.exp, **tags)
+            run_id = find_run(mlf, self.exp, **tags) or self._same_trial(trial)
             if run_id is None:
                 params = self._params(trial)
                 name = f"{params['method']} lr={params['lr']:g} seed={params['seed']}"
@@ -258,6 +258,18 @@ class Tracker(Callback):
                 self._log_params(run_id, params)
             self.runs[trial.trial_id] = run_id
         return self.runs[trial.trial_id]
+
+    def _same_trial(self, trial) -> str | None:
+        """The run of the same config and seed under another trial id: a searcher restored from an
+        older checkpoint than the trials (refine, after a kill) suggests it again with a new id."""
+        params = self._params(trial)
+        query = (f"tags.`harness.sweep` = '{self.sweep}' and tags.`harness.kind` = 'trial' and "
+                 f"tags.`harness.group` = '{group_of(params)}' and params.seed = '{params['seed']}'")
+        runs = self.mlf.search_runs([self.exp], filter_string=query, max_results=1)
+        if not runs:
+            return None
+        self.mlf.set_tag(runs[0].info.run_id, "harness.trial_id", trial.trial_id)
+        return runs[0].info.run_id
 
     def _params(self, trial) -> dict:
         cfg = trial_spec(trial.config)

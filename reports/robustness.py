@@ -231,18 +231,19 @@ def _reach90(best, lower):
 
 def _window(rungs, b, tried, inside):
     """The contiguous ok rungs around b whose score is inside; open on a side where it reaches
-    the lowest / highest lr tried."""
-    def ok(r):
-        return r["status"] == "ok" and inside(r["score"])
+    the lowest / highest lr tried. Rungs the method never tried are stepped over (an adaptive
+    search tries a rung where it decides something: another method's rungs are not gaps)."""
+    def ok(i):
+        return rungs[tried[i]]["status"] == "ok" and inside(rungs[tried[i]]["score"])
 
-    lo = hi = b
-    while lo > 0 and ok(rungs[lo - 1]):
+    lo = hi = tried.index(b)
+    while lo > 0 and ok(lo - 1):
         lo -= 1
-    while hi < len(rungs) - 1 and ok(rungs[hi + 1]):
+    while hi < len(tried) - 1 and ok(hi + 1):
         hi += 1
-    low, high = rungs[lo]["lr"], rungs[hi]["lr"]
+    low, high = rungs[tried[lo]]["lr"], rungs[tried[hi]]["lr"]
     return {"low": low, "high": high, "rungs": hi - lo + 1, "decades": math.log10(high / low),
-            "open_low": lo == tried[0], "open_high": hi == tried[-1]}
+            "open_low": lo == 0, "open_high": hi == len(tried) - 1}
 
 
 def _reference(methods, given):
