@@ -138,6 +138,12 @@ def finish_sweep(uri: str, run_id: str, status: str = "FINISHED"):
     client(uri).set_terminated(run_id, status)
 
 
+def name_sweep(uri: str, run_id: str, sweep: str, headline: str):
+    """Name the parent run after what the sweep found: MLflow's runs table shows run names, and
+    only the parent's until its children are expanded."""
+    client(uri).update_run(run_id, name=f"{sweep}: {headline}"[:250])
+
+
 def _value(text: str):
     """A param string back to its type (MLflow stores params as text)."""
     for kind in (int, float):
