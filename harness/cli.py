@@ -129,11 +129,28 @@ def cmd_trial(args):
         cfg.out = str(Path("runs", "trials", f"{cfg.method}-lr{cfg.lr:g}-seed{cfg.seed}-{stamp}").resolve())
     task = tasks.get(cfg.task)
     result = task.run(cfg)
-    if result["status"] == "finished":
-        result.update(task.score(cfg))
+    scores = task.score(cfg) if result["status"] == "finished" else {}
+    result.update(scores)
     print(json.dumps(result, indent=2))
     print(f"metrics: {Path(cfg.out, 'metrics.json')}")
+    if scores:
+        print(score_text(scores))
     return 0 if result["status"] == "finished" else 1
+
+
+def score_text(scores: dict) -> str:
+    """'GSM8K (flexible): 2/10 = 20% (95% CI 5.7–51%); GSM8K (strict): 1/10 = 10% (95% CI 1.8–40.4%)':
+    the correct count of the questions scored, with its Wilson interval."""
+    from reports.statistics import percent, wilson
+    bench = next(k.removesuffix("_n") for k in scores if k.endswith("_n"))
+    n = int(scores[f"{bench}_n"])
+    parts = []
+    for kind in ("flexible", "strict"):
+        p = scores[f"{bench}_{kind}"]
+        low, high = wilson(p * n, n)
+        parts.append(f"{bench.upper()} ({kind}): {round(p * n)}/{n} = {percent(p)} "
+                     f"(95% CI {percent(low).removesuffix('%')}–{percent(high)})")
+    return "; ".join(parts)
 
 
 def parse_lrs(text: str) -> list:
@@ -160,6 +177,7 @@ def resumed_config(args):
 
 def cmd_run(args):
     from harness import sweep, tracking
+    from harness.progress import table
     from harness.report import report
     sc = resumed_config(args) if args.resume else sweep_config(args)
     plan = sweep.prepare(sc)
@@ -167,12 +185,26 @@ def cmd_run(args):
         print(sweep.describe(sc, plan))
         return 0
     print(f"sweep {sc.name}: {sweep.trial_count(sc, plan)} trials of {', '.join(sc.methods)} on preset {sc.trial.preset}; "
-          f"tracking {tracking.redact(sc.tracking_uri)}; log {sc.path / 'harness.log'}")
+          f"tracking {tracking.redact(sc.tracking_uri)}; log {sc.path / 'harness.log'}", flush=True)
+    warnings_to_log()
     rows = sweep.run(sc, plan)
-    print("\n" + sweep.table(rows))
+    print("\n" + table(rows))
     print(f"results: {sc.path / 'results.json'}")
-    print(f"report: {report(sc.tracking_uri, sc.trial.task, sc.name, sc.path)}")
+    page = report(sc.tracking_uri, sc.trial.task, sc.name, sc.path)
+    verdict = json.loads((page.parent / "report.json").read_text())["verdict"]
+    print("\nfound: " + ". ".join(verdict.split(". ")[:2]).rstrip(".") + ".")
+    print(f"report: {page}")
+    print(f"MLflow: `harness ui{' --storage ' + str(sc.storage) if sc.storage != str(Path('runs').resolve()) else ''}`, "
+          f"then {tracking.runs_link(sc.tracking_uri, sc.trial.task, sc.name)}")
     return 0
+
+
+def warnings_to_log():
+    """Library warnings (FutureWarning, DeprecationWarning) tell a user nothing: they go to the
+    sweep's harness.log with the libraries' logging (sweep.run routes the root logger there)."""
+    import logging
+    logging.captureWarnings(True)
+    logging.getLogger("py.warnings").addHandler(logging.NullHandler())  # never the stderr fallback
 
 
 def cmd_nightly(args):
@@ -243,9 +275,11 @@ def ui_command(uri: str, host: str, port: int) -> tuple[list[str], dict]:
 
 
 def cmd_ui(args):
-    from harness.tracking import redact, resolve_uri
+    from harness.tracking import experiment_links, redact, resolve_uri
     uri = resolve_uri(args.tracking_uri, Path(args.storage or "runs").resolve())
     print(f"MLflow UI for {redact(uri)} at http://{args.host}:{args.port}", flush=True)
+    for name, link in experiment_links(uri, f"http://{args.host}:{args.port}"):
+        print(f"  {name}: {link}", flush=True)
     os.execve(sys.executable, *ui_command(uri, args.host, args.port))
 
 
