@@ -113,14 +113,10 @@ class Progress(Callback):
     def status(self) -> str:
         """'[3:05, ~9:40 left] 4/15 trials done (1 diverged); running: lora lr=2e-3 training,
         step 16/24 | best val_loss: lora 0.871 at 2e-3'."""
-        elapsed = self.clock() - self.started
-        left = self.time_left()
-        head = f"[{clock_text(elapsed)}, " + (f"~{clock_text(left)} left]" if left is not None else
-                                               "time left: after the first trial]")
         done = f"{len(self.ended)}/{self.total} trials done"
         bad = [f"{n} {k}" for k in ("diverged", "failed", "stopped")
                if (n := sum(v == k for v in self.ended.values()))]
-        line = f"{head} {done}" + (f" ({', '.join(bad)})" if bad else "")
+        line = f"{self.head()} {done}" + (f" ({', '.join(bad)})" if bad else "")
         if self.running:
             now = self.clock()
             shown = [f"{name_of(e['trial'])} {e['phase']} ({clock_text(now - e['start'])})"
@@ -131,6 +127,12 @@ class Progress(Callback):
             line += " | best val_loss: " + ", ".join(
                 f"{m} {number(v, 3)} at {lr_label(lr)}" for m, (v, lr) in sorted(self.best.items()))
         return line
+
+    def head(self) -> str:
+        """'[3:05, ~9:40 left]': elapsed time and the estimate of the time left."""
+        left = self.time_left()
+        return f"[{clock_text(self.clock() - self.started)}, " + (
+            f"~{clock_text(left)} left]" if left is not None else "time left: after the first trial]")
 
     def time_left(self):
         """Seconds left: trials not yet ended at the mean duration of those that ended, less the
@@ -152,7 +154,7 @@ class Progress(Callback):
         loss = result.get("val_loss")
         score = f": val_loss {number(loss, 4)}" if outcome == "finished" and loss is not None else ""
         took = f" in {clock_text(seconds)}" if seconds is not None else ""
-        self._say(f"{outcome} {name_of(trial)} seed={trial_spec(trial.config)['seed']}{score}{took} "
+        self._say(f"{self.head()} {outcome} {name_of(trial)} seed={trial_spec(trial.config)['seed']}{score}{took} "
                   f"({len(self.ended)}/{self.total})")
 
     def _say(self, line: str):

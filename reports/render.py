@@ -171,14 +171,15 @@ def _differences(a):
 
 
 def _ranking(a):
-    head = ["rank", "method", "best score", "best lr", "within noise of next", "note"]
+    columns = [("rank", True), ("method", True), ("best score", True), ("best lr", True),
+               ("within noise of next", any(c["decided"] is not None for c in a["comparisons"])), ("note", True)]
     body = []
     for r in a["ranking"]:
         n = a["methods"][r["method"]]["best_n"]
         ci = a["methods"][r["method"]]["best_ci"]
         body.append([str(r["rank"] or "—"), r["method"], _score(a, r["best_score"], r["best_se"], ci, n),
                      _lr(r["best_lr"]), "yes" if r["tied_with_next"] else "", r["note"]])
-    return head, body
+    return _keep(columns, body)
 
 
 def _per_lr(a):

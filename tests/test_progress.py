@@ -60,7 +60,7 @@ def test_time_left_comes_from_finished_trials_and_the_plan():
     p.on_trial_start(0, [], fake_trial(1, "lora", 3e-4))
     clock.now += 30
     assert p.status().startswith("[2:30, ~5:30 left] 1/4 trials done; running: lora lr=3e-4")
-    assert "finished lora lr=2e-3 seed=0: val_loss 0.8707 in 2:00 (1/4)" in out.getvalue()
+    assert "[2:00, ~6:00 left] finished lora lr=2e-3 seed=0: val_loss 0.8707 in 2:00 (1/4)" in out.getvalue()
 
 
 def test_two_at_once_halve_the_estimate_and_outcomes_are_counted():
@@ -91,7 +91,7 @@ def test_a_log_gets_a_heartbeat_at_most_every_minute_and_a_line_per_finished_tri
     assert [line.split(",")[0] for line in lines] == ["[1:00", "[2:00", "[3:00"]
     p.on_trial_result(0, [], trial, {"step": 24, "val_loss": 0.95, "status": "finished", "final": 1})
     p.on_trial_complete(0, [], trial)
-    assert out.getvalue().splitlines()[-1] == "finished lora lr=2e-3 seed=0: val_loss 0.95 in 3:00 (1/4)"
+    assert out.getvalue().splitlines()[-1] == "[3:00, ~9:00 left] finished lora lr=2e-3 seed=0: val_loss 0.95 in 3:00 (1/4)"
     assert "\r" not in out.getvalue()
 
 
