@@ -343,7 +343,8 @@ def build_parser() -> Parser:
     report.add_argument("--reference-lr", type=parse_number, default=None,
                         help="shared reference learning rate (default: LoRA's best)")
     report.add_argument("--target-loss", type=parse_number, default=None,
-                        help="convergence target val loss (default: LoRA's final loss at its best lr)")
+                        help="convergence target val loss (default: the highest final loss of any method at "
+                        "its best lr, which every method reaches)")
     nightly = sub.add_parser("nightly", help="run a nightly suite and compare it with the last night and the "
                              "pinned baseline; exit code 1 on a regression")
     nightly.add_argument("--config", required=True, help="suite YAML (see examples/nightly/)")
