@@ -5,6 +5,7 @@ import json
 import os
 import sys
 import time
+import urllib.parse
 from pathlib import Path
 
 from harness import tasks
@@ -194,9 +195,19 @@ def cmd_run(args):
     verdict = json.loads((page.parent / "report.json").read_text())["verdict"]
     print("\nfound: " + ". ".join(verdict.split(". ")[:2]).rstrip(".") + ".")
     print(f"report: {page}")
-    print(f"MLflow: `harness ui{' --storage ' + str(sc.storage) if sc.storage != str(Path('runs').resolve()) else ''}`, "
-          f"then {tracking.runs_link(sc.tracking_uri, sc.trial.task, sc.name)}")
+    print(f"MLflow: {mlflow_link(sc)}")
     return 0
+
+
+def mlflow_link(sc) -> str:
+    """Where to see the sweep's trials: the tracking server's page, or `harness ui` and its page."""
+    from harness import tracking
+    if sc.tracking_uri.startswith(("http://", "https://")):
+        server = urllib.parse.urlsplit(sc.tracking_uri)
+        base = server._replace(netloc=server.netloc.rpartition("@")[2]).geturl().rstrip("/")  # no password
+        return tracking.runs_link(sc.tracking_uri, sc.trial.task, sc.name, base)
+    ui = "harness ui" + ("" if Path(sc.storage) == Path("runs").resolve() else f" --storage {sc.storage}")
+    return f"`{ui}`, then {tracking.runs_link(sc.tracking_uri, sc.trial.task, sc.name)}"
 
 
 def warnings_to_log():

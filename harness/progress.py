@@ -104,9 +104,9 @@ class Progress(Callback):
 
     def on_experiment_end(self, trials, **info):
         if self.tty:
-            self._draw(self.status())
-            self.out.write("\n")
-            self.out.flush()
+            self.out.write("\r\x1b[K")
+        self.out.write(self.summary() + "\n")
+        self.out.flush()
 
     # ---- the text ----
 
@@ -127,6 +127,12 @@ class Progress(Callback):
             line += " | best val_loss: " + ", ".join(
                 f"{m} {number(v, 3)} at {lr_label(lr)}" for m, (v, lr) in sorted(self.best.items()))
         return line
+
+    def summary(self) -> str:
+        """'trials 15/15: 13 done, 1 failed, 1 diverged, 0 stopped in 31:05': the sweep's last line."""
+        counts = {k: sum(v == k for v in self.ended.values()) for k in ("finished", "failed", "diverged", "stopped")}
+        return (f"trials {len(self.ended)}/{self.total}: {counts['finished']} done, {counts['failed']} failed, "
+                f"{counts['diverged']} diverged, {counts['stopped']} stopped in {clock_text(self.clock() - self.started)}")
 
     def head(self) -> str:
         """'[3:05, ~9:40 left]': elapsed time and the estimate of the time left."""

@@ -64,7 +64,7 @@ def test_time_left_comes_from_finished_trials_and_the_plan():
 
 
 def test_two_at_once_halve_the_estimate_and_outcomes_are_counted():
-    p, clock, _ = sweep()
+    p, clock, out = sweep()
     run_one(p, clock, fake_trial(0, "lora", 2e-3), seconds=100)
     bad, crash = fake_trial(1, "lora", 1e-1), fake_trial(2, "pissa", 1e-1)
     p.on_trial_start(0, [], bad)
@@ -77,6 +77,8 @@ def test_two_at_once_halve_the_estimate_and_outcomes_are_counted():
     assert p.status().startswith("[1:40, ~0:25 left] 3/4 trials done (1 diverged, 1 failed)")
     # mean 100 s over 2 ended on their own (0 s for the diverged one): 50 s; 1 to go, 2 at once
     assert p.time_left() == 25
+    p.on_experiment_end([])
+    assert out.getvalue().splitlines()[-1] == "trials 3/4: 1 done, 1 failed, 1 diverged, 0 stopped in 1:40"
 
 
 def test_a_log_gets_a_heartbeat_at_most_every_minute_and_a_line_per_finished_trial():
@@ -104,6 +106,8 @@ def test_a_terminal_gets_one_live_line_redrawn_in_place():
     text = out.getvalue()
     assert text.count("\r\x1b[K") == 5 and "\n" not in text
     assert text.endswith("running: lora lr=2e-3 loading + init (0:05)")
+    p.on_experiment_end([])  # the live line gives way to the summary
+    assert out.getvalue().endswith("\r\x1b[Ktrials 0/4: 0 done, 0 failed, 0 diverged, 0 stopped in 0:05\n")
 
 
 def test_progress_pickles_without_its_stream_for_resume():
