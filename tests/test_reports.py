@@ -250,7 +250,10 @@ def test_toy_risks_print_in_scientific_notation_on_log_axes(tmp_path):
     assert md.count("**Verdict.** lora-one is best: risk 1.200e-28 at lr 5e-1.") == 1
     # the 5% window is relative: 3.5e-16 is not within 5% of 1.2e-28
     assert a["methods"]["lora-one"]["window"]["rungs"] == 1
-    assert plots.score_vs_lr_figure(a).axes[0].get_yscale() == "log"
+    main = plots.score_vs_lr_figure(a).axes[0]
+    assert main.get_yscale() == "log"
+    # every best is the ladder's top or bottom rung: marked, and the legend says what the arrow means
+    assert "best lr at the ladder's edge: optimum may lie beyond" in [t.get_text() for t in main.get_legend().get_texts()]
     assert plots.loss_curves_figure(a).axes[0].get_yscale() == "log"
     heat = plots.heatmap_figure(a).axes[0]
     assert "1.20e-28" in [t.get_text() for t in heat.texts]
