@@ -125,7 +125,7 @@ class Progress(Callback):
             line += "; running: " + ", ".join(shown) + (f" and {more} more" if more > 0 else "")
         if self.best:
             line += " | best val_loss: " + ", ".join(
-                f"{m} {number(v, 3)} at {lr_label(lr)}" for m, (v, lr) in sorted(self.best.items()))
+                f"{m} {number(v, 4)} at {lr_label(lr)}" for m, (v, lr) in sorted(self.best.items()))
         return line
 
     def summary(self) -> str:

@@ -56,7 +56,7 @@ def test_time_left_comes_from_finished_trials_and_the_plan():
     p, clock, out = sweep()
     run_one(p, clock, fake_trial(0, "lora", 2e-3), seconds=120, val_loss=0.8707)
     # 3 trials to go at 2:00 each, one at a time
-    assert p.status().startswith("[2:00, ~6:00 left] 1/4 trials done | best val_loss: lora 0.871 at 2e-3")
+    assert p.status().startswith("[2:00, ~6:00 left] 1/4 trials done | best val_loss: lora 0.8707 at 2e-3")
     p.on_trial_start(0, [], fake_trial(1, "lora", 3e-4))
     clock.now += 30
     assert p.status().startswith("[2:30, ~5:30 left] 1/4 trials done; running: lora lr=3e-4")
