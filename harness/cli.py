@@ -5,6 +5,7 @@ import json
 import os
 import sys
 import time
+import urllib.parse
 from pathlib import Path
 
 from harness import tasks
@@ -129,11 +130,28 @@ def cmd_trial(args):
         cfg.out = str(Path("runs", "trials", f"{cfg.method}-lr{cfg.lr:g}-seed{cfg.seed}-{stamp}").resolve())
     task = tasks.get(cfg.task)
     result = task.run(cfg)
-    if result["status"] == "finished":
-        result.update(task.score(cfg))
+    scores = task.score(cfg) if result["status"] == "finished" else {}
+    result.update(scores)
     print(json.dumps(result, indent=2))
     print(f"metrics: {Path(cfg.out, 'metrics.json')}")
+    if scores:
+        print(score_text(scores))
     return 0 if result["status"] == "finished" else 1
+
+
+def score_text(scores: dict) -> str:
+    """'GSM8K (flexible): 2/10 = 20% (95% CI 5.7–51%); GSM8K (strict): 1/10 = 10% (95% CI 1.8–40.4%)':
+    the correct count of the questions scored, with its Wilson interval."""
+    from reports.statistics import percent, wilson
+    bench = next(k.removesuffix("_n") for k in scores if k.endswith("_n"))
+    n = int(scores[f"{bench}_n"])
+    parts = []
+    for kind in ("flexible", "strict"):
+        p = scores[f"{bench}_{kind}"]
+        low, high = wilson(p * n, n)
+        parts.append(f"{bench.upper()} ({kind}): {round(p * n)}/{n} = {percent(p)} "
+                     f"(95% CI {percent(low).removesuffix('%')}–{percent(high)})")
+    return "; ".join(parts)
 
 
 def parse_lrs(text: str) -> list:
@@ -161,6 +179,7 @@ def resumed_config(args):
 
 def cmd_run(args):
     from harness import sweep, tracking
+    from harness.progress import table
     from harness.report import report
     sc = resumed_config(args) if args.resume else sweep_config(args)
     plan = sweep.prepare(sc)
@@ -169,17 +188,41 @@ def cmd_run(args):
         return 0
     count = f"at most {sc.budget}" if sc.search == "refine" else sweep.trial_count(sc, plan)
     print(f"sweep {sc.name}: {count} trials of {', '.join(sc.methods)} on preset {sc.trial.preset}; "
-          f"tracking {tracking.redact(sc.tracking_uri)}; log {sc.path / 'harness.log'}")
+          f"tracking {tracking.redact(sc.tracking_uri)}; log {sc.path / 'harness.log'}", flush=True)
+    warnings_to_log()
     rows = sweep.run(sc, plan)
-    print("\n" + sweep.table(rows))
+    print("\n" + table(rows))
     print(f"results: {sc.path / 'results.json'}")
     if sc.search == "refine":
         for line in json.loads((sc.path / "refine.json").read_text())["lines"]:
             hp = "".join(f" {k}={v}" for k, v in line["hparams"].items())
             print(f"refine {line['method']}{hp}: {line['end']} after {line['trials']} trials: {line['summary']}")
         print(f"refine decisions: {sc.path / 'refine.json'}")
-    print(f"report: {report(sc.tracking_uri, sc.trial.task, sc.name, sc.path)}")
+    page = report(sc.tracking_uri, sc.trial.task, sc.name, sc.path)
+    verdict = json.loads((page.parent / "report.json").read_text())["verdict"]
+    print("\nfound: " + ". ".join(verdict.split(". ")[:2]).rstrip(".") + ".")
+    print(f"report: {page}")
+    print(f"MLflow: {mlflow_link(sc)}")
     return 0
+
+
+def mlflow_link(sc) -> str:
+    """Where to see the sweep's trials: the tracking server's page, or `harness ui` and its page."""
+    from harness import tracking
+    if sc.tracking_uri.startswith(("http://", "https://")):
+        server = urllib.parse.urlsplit(sc.tracking_uri)
+        base = server._replace(netloc=server.netloc.rpartition("@")[2]).geturl().rstrip("/")  # no password
+        return tracking.runs_link(sc.tracking_uri, sc.trial.task, sc.name, base)
+    ui = "harness ui" + ("" if Path(sc.storage) == Path("runs").resolve() else f" --storage {sc.storage}")
+    return f"`{ui}`, then {tracking.runs_link(sc.tracking_uri, sc.trial.task, sc.name)}"
+
+
+def warnings_to_log():
+    """Library warnings (FutureWarning, DeprecationWarning) tell a user nothing: they go to the
+    sweep's harness.log with the libraries' logging (sweep.run routes the root logger there)."""
+    import logging
+    logging.captureWarnings(True)
+    logging.getLogger("py.warnings").addHandler(logging.NullHandler())  # never the stderr fallback
 
 
 def cmd_nightly(args):
@@ -250,9 +293,11 @@ def ui_command(uri: str, host: str, port: int) -> tuple[list[str], dict]:
 
 
 def cmd_ui(args):
-    from harness.tracking import redact, resolve_uri
+    from harness.tracking import experiment_links, redact, resolve_uri
     uri = resolve_uri(args.tracking_uri, Path(args.storage or "runs").resolve())
     print(f"MLflow UI for {redact(uri)} at http://{args.host}:{args.port}", flush=True)
+    for name, link in experiment_links(uri, f"http://{args.host}:{args.port}"):
+        print(f"  {name}: {link}", flush=True)
     os.execve(sys.executable, *ui_command(uri, args.host, args.port))
 
 
@@ -322,7 +367,8 @@ def build_parser() -> Parser:
     report.add_argument("--reference-lr", type=parse_number, default=None,
                         help="shared reference learning rate (default: LoRA's best)")
     report.add_argument("--target-loss", type=parse_number, default=None,
-                        help="convergence target val loss (default: LoRA's final loss at its best lr)")
+                        help="convergence target val loss (default: the highest final loss of any method at "
+                        "its best lr, which every method reaches)")
     nightly = sub.add_parser("nightly", help="run a nightly suite and compare it with the last night and the "
                              "pinned baseline; exit code 1 on a regression")
     nightly.add_argument("--config", required=True, help="suite YAML (see examples/nightly/)")

@@ -9,15 +9,13 @@ import logging
 import logging.handlers
 import os
 import socket
-import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from ray.tune import Callback
-
 import methods
 from harness import resume, search, spaces, tasks, tracking
+from harness.progress import Progress
 from harness.config import TrialConfig, UsageError, positive, trial_spec
 from harness.search import DIVERGED
 from harness.tasks import preset_hparams, resolve
@@ -230,7 +228,7 @@ def build_tuner(sc: SweepConfig, plan: list[dict], parent_id: str):
         tracking.Tracker.uri = sc.tracking_uri  # not pickled with the tracker
         return tune.Tuner.restore(str(sc.path), trainable, resume_errored=True)
     total = trial_count(sc, plan)
-    callbacks = [tracking.Tracker(sc.tracking_uri, sc.trial.task, sc.name, parent_id), Progress(total)]
+    callbacks = [tracking.Tracker(sc.tracking_uri, sc.trial.task, sc.name, parent_id), Progress(total, sc.trial.steps)]
     tune_config = dict(max_concurrent_trials=sc.max_concurrent or None,
                        reuse_actors=tasks.get(sc.trial.task).reuse_workers)
     objective = dict(metric="objective", mode="min")  # given to the searcher and scheduler themselves
@@ -364,52 +362,3 @@ def summary_row(result) -> dict:
     if result.error:
         row["error"] = str(result.error).strip().splitlines()[-1][:300]
     return row
-
-
-def table(rows: list[dict]) -> str:
-    def fmt(v, spec):
-        return format(v, spec) if isinstance(v, (int, float)) else "-"
-    lines = [f"{'method':<11} {'lr':>8} {'seed':>4} {'status':<9} {'val_loss':>8} {'strict':>6} {'flex':>6}  hparams"]
-    for r in rows:
-        hp = " ".join(f"{k}={v}" for k, v in r["hparams"].items())
-        lines.append(f"{r['method']:<11} {r['lr']:>8g} {r['seed']:>4} {r['status']:<9} "
-                     f"{fmt(r['val_loss'], '8.4g')} {fmt(r['gsm8k_strict'], '6.3f')} "
-                     f"{fmt(r['gsm8k_flexible'], '6.3f')}  {hp}")
-    return "\n".join(lines)
-
-
-class Progress(Callback):
-    """One compact live status line: counts by state and the best trial so far per method."""
-
-    def __init__(self, total: int):
-        self.total, self.state, self.best, self.shown = total, {}, {}, ""
-        self.tty = sys.stdout.isatty()
-
-    def on_trial_start(self, iteration, trials, trial, **info):
-        self.state[trial.trial_id] = "running"
-
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        if result.get("status") == "diverged":
-            self.state[trial.trial_id] = "diverged"
-        if result.get("final") and result.get("status") == "finished":
-            spec = trial_spec(trial.config)
-            best = self.best.get(spec["method"])
-            if best is None or result["val_loss"] < best[0]:
-                self.best[spec["method"]] = (result["val_loss"], spec["lr"])
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        if self.state.get(trial.trial_id) != "diverged":
-            self.state[trial.trial_id] = "done"
-
-    def on_trial_error(self, iteration, trials, trial, **info):
-        self.state[trial.trial_id] = "failed"
-
-    def on_step_end(self, iteration, trials, **info):
-        counts = {s: sum(v == s for v in self.state.values()) for s in ("done", "running", "failed", "diverged")}
-        best = " · ".join(f"{m} {v:.3f}@{lr:g}" for m, (v, lr) in sorted(self.best.items()))
-        line = (f"trials {counts['done'] + counts['failed'] + counts['diverged']}/{self.total}: "
-                f"{counts['done']} done, {counts['running']} running, {counts['failed']} failed, "
-                f"{counts['diverged']} diverged" + (f" | best val_loss: {best}" if best else ""))
-        if line != self.shown:
-            print(("\r" + line + " " * 8) if self.tty else line, end="" if self.tty else "\n", flush=True)
-            self.shown = line

@@ -73,15 +73,40 @@ def client(uri: str):
     return mlf
 
 
+# MLflow's UI opens an experiment by its kind: training runs, not the GenAI overview (MLflow 3)
+KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
 def experiment_id(mlf, task: str) -> str:
     found = mlf.get_experiment_by_name(task)
     if found:
+        if found.tags.get(KIND[0]) != KIND[1]:
+            mlf.set_experiment_tag(found.experiment_id, *KIND)
         return found.experiment_id
     uri = mlf.tracking_uri
     # A SQLite store would put artifacts in ./mlruns of whatever folder the driver runs in.
     artifacts = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri() \
         if uri.startswith("sqlite:///") else None
-    return mlf.create_experiment(task, artifact_location=artifacts)
+    return mlf.create_experiment(task, artifact_location=artifacts, tags=dict([KIND]))
+
+
+def runs_link(uri: str, task: str, sweep: str = "", base: str = "http://127.0.0.1:5000") -> str:
+    """The UI's runs table of a sweep's trials (of every sweep without one), flat and best first.
+    MLflow 3.17's UI opens experiments in its GenAI view unless the URL asks for the training
+    view (workflowType), and nests child runs under a collapsed parent unless the table is sorted
+    by something other than time: by val_loss, every trial is a row, and the chart view plots the
+    ten best."""
+    exp = client(uri).get_experiment_by_name(task).experiment_id
+    query = "tags.`harness.kind` = 'trial'" + (f" and tags.`harness.sweep` = '{sweep}'" if sweep else "")
+    return f"{base}/#/experiments/{exp}/runs?" + urllib.parse.urlencode(
+        {"workflowType": "machine_learning", "searchFilter": query, "orderByKey": "metrics.`val_loss`",
+         "orderByAsc": "true"}, quote_via=urllib.parse.quote)
+
+
+def experiment_links(uri: str, base: str) -> list[tuple[str, str]]:
+    """(experiment, runs_link) of every experiment of the store but MLflow's empty Default."""
+    return [(e.name, runs_link(uri, e.name, base=base)) for e in client(uri).search_experiments()
+            if e.name != "Default"]
 
 
 def find_run(mlf, exp_id: str, **tags) -> str | None:
@@ -136,6 +161,12 @@ def start_sweep(uri: str, task: str, name: str, params: dict, tags: dict | None 
 
 def finish_sweep(uri: str, run_id: str, status: str = "FINISHED"):
     client(uri).set_terminated(run_id, status)
+
+
+def name_sweep(uri: str, run_id: str, sweep: str, headline: str):
+    """Name the parent run after what the sweep found: MLflow's runs table shows run names, and
+    only the parent's until its children are expanded."""
+    client(uri).update_run(run_id, name=f"{sweep}: {headline}"[:250])
 
 
 def _value(text: str):
@@ -271,6 +302,20 @@ class Tracker(Callback):
         self.mlf.set_tag(runs[0].info.run_id, "harness.trial_id", trial.trial_id)
         return runs[0].info.run_id
 
+    def _name(self, trial, status: str) -> str:
+        """'lora lr=0.002 seed=0: val_loss 0.8707, GSM8K 1/10' once the trial ended: the runs
+        table shows run names, and no metric until columns are picked."""
+        params, last = self._params(trial), self.last.get(trial.trial_id, {})
+        name = f"{params['method']} lr={params['lr']:g} seed={params['seed']}"
+        if status != "finished" or last.get("val_loss") is None:
+            return f"{name}: {status}"
+        text = f"{name}: val_loss {last['val_loss']:.4g}"
+        bench = next((k.removesuffix("_n") for k in last if k.endswith("_n")), None)
+        if bench and f"{bench}_flexible" in last:  # the correct count of the questions scored
+            n = int(last[f"{bench}_n"])
+            text += f", {bench.upper()} {round(last[f'{bench}_flexible'] * n)}/{n}"
+        return text
+
     def _params(self, trial) -> dict:
         cfg = trial_spec(trial.config)
         hparams = tasks.get(self.task).hparams(cfg["method"], cfg["hparams"])  # rank, alpha, ... too
@@ -326,6 +371,7 @@ class Tracker(Callback):
         status = self.last.get(trial.trial_id, {}).get("status", "finished")
         status = "stopped" if status == "running" else status  # early-stopped by the scheduler
         self.mlf.set_tag(run_id, "status", status)
+        self.mlf.update_run(run_id, name=self._name(trial, status))
         self._log_attempts(run_id, trial.num_failures + 1)
         out = self.last.get(trial.trial_id, {}).get("out", "")
         for name in ("adapter", "gsm8k_samples.jsonl", "metrics.json", "peft_result.json") if out else ():
@@ -340,6 +386,7 @@ class Tracker(Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         run_id = self.run_of(trial)
         self.mlf.set_tag(run_id, "status", "failed")
+        self.mlf.update_run(run_id, name=self._name(trial, "failed"))
         self.mlf.set_tag(run_id, "error", _error_text(trial))
         self._log_attempts(run_id, trial.num_failures)  # Tune counts every failed attempt
         self.mlf.set_terminated(run_id, "FAILED")
