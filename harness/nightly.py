@@ -45,8 +45,9 @@ def load_suite(path: str) -> dict:
         raise UsageError(f"nightly config {path} does not exist: pass --config with a suite YAML")
     try:
         suite = load_yaml(file.read_text())
-    except yaml.YAMLError:
-        raise UsageError(f"nightly config {path} is not valid YAML: fix the file") from None
+    except yaml.YAMLError as err:
+        raise UsageError(f"nightly config {path} is not plain YAML ({getattr(err, 'problem', None) or 'a syntax error'}): "
+                         f"fix the file") from None
     if not isinstance(suite, dict):
         raise UsageError(f"nightly config {path} must be a mapping with {', '.join(REQUIRED)}")
     try:
