@@ -46,7 +46,7 @@ def load_suite(path: str) -> dict:
     try:
         suite = load_yaml(file.read_text())
     except yaml.YAMLError as err:
-        raise UsageError(f"nightly config {path} is not plain YAML ({getattr(err, 'problem', None) or 'a syntax error'}): "
+        raise UsageError(f"nightly config {path} is not valid YAML ({getattr(err, 'problem', None) or 'a syntax error'}): "
                          f"fix the file") from None
     if not isinstance(suite, dict):
         raise UsageError(f"nightly config {path} must be a mapping with {', '.join(REQUIRED)}")
