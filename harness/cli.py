@@ -1,6 +1,7 @@
 """Command line: `harness methods`, `trial`, `run`, `report`, `nightly`, `ui`."""
 
 import argparse
+import collections
 import json
 import os
 import sys
@@ -9,7 +10,7 @@ import urllib.parse
 from pathlib import Path
 
 from harness import tasks
-from harness.config import PRESETS, TrialConfig, UsageError
+from harness.config import PRESETS, TrialConfig, UsageError, check_name, load_yaml, positive, quote, writable
 
 
 class Parser(argparse.ArgumentParser):
@@ -33,15 +34,18 @@ def parse_number(text: str):
     try:
         return float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        raise argparse.ArgumentTypeError(f"{quote(text)} is not a number") from None
 
 
 def parse_setting(text: str) -> tuple:
     import yaml
     key, sep, value = text.partition("=")
     if not sep or not key:
-        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE (for example rank=16)")
-    return key.strip(), yaml.safe_load(value)
+        raise argparse.ArgumentTypeError(f"{quote(text)} is not KEY=VALUE (for example rank=16)")
+    try:
+        return key.strip(), load_yaml(value)
+    except yaml.YAMLError:
+        raise argparse.ArgumentTypeError(f"--set {quote(text)}: the value is not a plain YAML value") from None
 
 
 def task_help() -> str:
@@ -128,6 +132,11 @@ def cmd_trial(args):
     if not cfg.out:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         cfg.out = str(Path("runs", "trials", f"{cfg.method}-lr{cfg.lr:g}-seed{cfg.seed}-{stamp}").resolve())
+    out = Path(cfg.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
+        raise UsageError(f"--out {quote(cfg.out)} already holds a trial: pass another --out, or --overwrite "
+                         f"to replace it")
+    writable("--out", out)
     task = tasks.get(cfg.task)
     result = task.run(cfg)
     scores = task.score(cfg) if result["status"] == "finished" else {}
@@ -182,7 +191,12 @@ def cmd_run(args):
     from harness.progress import table
     from harness.report import report
     sc = resumed_config(args) if args.resume else sweep_config(args)
+    positive("--max-trials", args.max_trials)
     plan = sweep.prepare(sc)
+    if sweep.trial_count(sc, plan) > args.max_trials:
+        raise UsageError(f"the sweep has {sweep.trial_count(sc, plan)} trials, more than --max-trials "
+                         f"{args.max_trials}: check --seeds, --lrs and the search spaces (--dry-run lists "
+                         f"them), or raise --max-trials")
     if args.dry_run:
         print(sweep.describe(sc, plan))
         return 0
@@ -203,7 +217,17 @@ def cmd_run(args):
     print("\nfound: " + ". ".join(verdict.split(". ")[:2]).rstrip(".") + ".")
     print(f"report: {page}")
     print(f"MLflow: {mlflow_link(sc)}")
-    return 0
+    return failures(rows)
+
+
+def failures(rows: list[dict]) -> int:
+    """Exit code 1, with the errors counted on stderr, when every trial failed."""
+    if not rows or any(r["status"] != "failed" for r in rows):
+        return 0
+    errors = collections.Counter(r.get("error") or "no error recorded" for r in rows)
+    summary = "; ".join(f"{n} x {quote(error, 200)}" for error, n in errors.most_common())
+    print(f"harness: all {len(rows)} trials failed: {summary}", file=sys.stderr)
+    return 1
 
 
 def mlflow_link(sc) -> str:
@@ -267,12 +291,35 @@ def cmd_report(args):
     from harness.tracking import resolve_uri
     if args.tasks_dir:
         tasks.add_folder(args.tasks_dir)
+    check_name("the sweep name", args.name)
+    tasks.get(args.task)
+    for flag in ("loss_tol", "acc_tol"):
+        if not 0 <= positive(f"--{flag.replace('_', '-')}", getattr(args, flag), allow_zero=True) < 1:
+            raise UsageError(f"--{flag.replace('_', '-')} must be a fraction below 1, got {getattr(args, flag):g}")
+    for flag in ("reference_lr", "target_loss"):
+        if getattr(args, flag) is not None:
+            positive(f"--{flag.replace('_', '-')}", getattr(args, flag))
     storage = Path(args.storage or "runs").resolve()
     uri = resolve_uri(args.tracking_uri, storage)
+    check_recorded(uri, args.task, args.name)
     options = dict(metric=args.metric, loss_tol=args.loss_tol, acc_tol=args.acc_tol,
                    reference_lr=args.reference_lr, target_loss=args.target_loss)
     print(report(uri, args.task, args.name, storage / args.name, **options))
     return 0
+
+
+def check_recorded(uri: str, task: str, name: str):
+    """A sweep to report on must be in the store and done: no store is created, no running sweep read."""
+    from harness import tracking
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise UsageError(f"no sweep named {quote(name)}: there is no tracking store at {quote(uri)}: "
+                         f"check --storage and --tracking-uri")
+    mlf = tracking.client(uri)
+    exp = mlf.get_experiment_by_name(task)
+    parent = tracking.find_run(mlf, exp.experiment_id, **{"harness.sweep": name, "harness.kind": "sweep"}) if exp else None
+    if parent and mlf.get_run(parent).info.status == "RUNNING":
+        raise UsageError(f"sweep {quote(name)} is still running (or its driver was killed: finish it with "
+                         f"`harness run --resume {name}`): report on it when it has ended")
 
 
 def methods_list(text: str) -> list[str]:
@@ -294,6 +341,10 @@ def ui_command(uri: str, host: str, port: int) -> tuple[list[str], dict]:
 
 def cmd_ui(args):
     from harness.tracking import experiment_links, redact, resolve_uri
+    if not 1 <= args.port <= 65535:
+        raise UsageError(f"--port must be from 1 to 65535, got {args.port}")
+    if not args.host or any(c.isspace() or c in "/@" for c in args.host):
+        raise UsageError(f"--host {quote(args.host)} is not a host name or address: use 127.0.0.1 or 0.0.0.0")
     uri = resolve_uri(args.tracking_uri, Path(args.storage or "runs").resolve())
     print(f"MLflow UI for {redact(uri)} at http://{args.host}:{args.port}", flush=True)
     for name, link in experiment_links(uri, f"http://{args.host}:{args.port}"):
@@ -332,6 +383,8 @@ def add_run_options(p):
     p.add_argument("--spaces", default="", help="folder of search-space YAML files (default: the "
                    "repository's search_spaces/)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and compute estimate only")
+    p.add_argument("--max-trials", type=int, default=1000, help="refuse a sweep of more trials than "
+                   "this, a guard against typos such as --seeds 400 (default: 1000)")
     p.add_argument("--tracking-uri", default="", help="MLflow URI (default: $MLFLOW_TRACKING_URI, "
                    "else sqlite under --storage)")
 
@@ -348,6 +401,8 @@ def build_parser() -> Parser:
     trial.add_argument("--set", type=parse_setting, action="append", default=[], metavar="KEY=VALUE",
                        help="method hyperparameter, repeatable: --set rank=16 --set reg=1e-4")
     trial.add_argument("--out", default="", help="trial folder (default: runs/trials/<method>-lr<lr>-...)")
+    trial.add_argument("--overwrite", action="store_true", help="replace the trial in an --out folder that "
+                       "holds one")
     add_trial_options(trial)
     run = sub.add_parser("run", help="sweep methods over learning rates on Ray Tune, tracked in MLflow")
     add_run_options(run)
@@ -390,10 +445,12 @@ COMMANDS = {"methods": cmd_methods, "trial": cmd_trial, "run": cmd_run, "report"
 def main(argv=None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        if args.command in ("trial", "run", "nightly"):  # before any import writes its cache there
+            writable("HOME (the model, data and library caches)", Path.home())
         quiet_libraries()
         return COMMANDS[args.command](args) or 0
     except UsageError as err:
-        print(f"harness: error: {err}", file=sys.stderr)
+        print(f"harness: error: {' '.join(str(err).split())[:2000]}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("harness: interrupted", file=sys.stderr)

@@ -9,7 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from harness import tracking
-from harness.config import TrialConfig, UsageError
+from harness.config import TrialConfig, UsageError, check_name, quote
 
 CONFIG_FILE = "sweep.json"
 # May differ on resume: where the sweep runs, not what it runs (and the template's method, which
@@ -26,9 +26,9 @@ def save(sc):
 def load(storage: str, name: str):
     """The saved config of sweep `name`, set to resume."""
     from harness.sweep import SweepConfig
-    path = Path(storage or "runs").resolve() / name / CONFIG_FILE
+    path = Path(storage or "runs").resolve() / check_name("--resume", name) / CONFIG_FILE
     if not path.is_file():
-        raise UsageError(f"no sweep named {name!r} under {path.parents[1]}: check --resume and --storage")
+        raise UsageError(f"no sweep named {quote(name)} under {path.parents[1]}: check --resume and --storage")
     saved = json.loads(path.read_text())
     return SweepConfig(**{**saved, "trial": TrialConfig(**saved["trial"]), "resume": True})
 

@@ -15,10 +15,12 @@ from pathlib import Path
 
 import methods
 from harness import resume, search, spaces, tasks, tracking
+from harness.config import TrialConfig, UsageError, check_name, positive, quote, trial_spec, writable
 from harness.progress import Progress
-from harness.config import TrialConfig, UsageError, positive, trial_spec
 from harness.search import DIVERGED
 from harness.tasks import preset_hparams, resolve
+
+LISTED = 200     # a dry run lists the trials of a grid up to this many, else summarizes it
 
 
 @dataclass
@@ -52,9 +54,9 @@ def prepare(sc: SweepConfig) -> list[dict]:
     """Validate everything before anything starts; returns the grid plan (for refine, its first
     round: the coarse ladder of every line; empty for optuna)."""
     if sc.search not in ("grid", "optuna", "refine"):
-        raise UsageError(f"unknown search {sc.search!r}: use grid, optuna or refine")
+        raise UsageError(f"unknown search {quote(sc.search)}: use grid, optuna or refine")
     if sc.scheduler not in ("none", "asha"):
-        raise UsageError(f"unknown scheduler {sc.scheduler!r}: use none or asha")
+        raise UsageError(f"unknown scheduler {quote(sc.scheduler)}: use none or asha")
     for name in ("trials", "seeds"):
         positive(f"--{name}", getattr(sc, name))
     for name in ("cpus_per_trial", "gpus_per_trial", "max_concurrent", "max_failures"):
@@ -71,7 +73,9 @@ def prepare(sc: SweepConfig) -> list[dict]:
         raise UsageError(f"--storage {sc.storage} is a URI: pass a folder (on clusters, a folder "
                          f"on a file system shared by every node)")
     sc.storage = str(Path(sc.storage or "runs").resolve())
-    sc.name = sc.name or f"{sc.trial.task}-{sc.trial.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    sc.name = check_name("--name", sc.name or f"{sc.trial.task}-{sc.trial.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    writable("--storage", Path(sc.storage))
+    sc.tracking_uri = tracking.resolve_uri(sc.tracking_uri, Path(sc.storage))  # before any file is written
     exists = (sc.path / "tuner.pkl").exists()
     if sc.resume and not exists:
         raise UsageError(f"no sweep named {sc.name!r} under {sc.storage}: check --name/--storage, "
@@ -82,7 +86,6 @@ def prepare(sc: SweepConfig) -> list[dict]:
     _check_address(sc)
     _check_gpus(sc)
     task.preflight(sc.trial)
-    sc.tracking_uri = tracking.resolve_uri(sc.tracking_uri, Path(sc.storage))
     seeds = list(range(sc.trial.seed, sc.trial.seed + sc.seeds))
     plan = spaces.plan(sc.methods, sc.trial.preset, sc.lrs, seeds, method_spaces(sc))
     for entry in plan:  # the preset's hyperparameters under the grid's, recorded with each trial
@@ -144,10 +147,16 @@ def trial_count(sc: SweepConfig, plan: list[dict]) -> int:
 def describe(sc: SweepConfig, plan: list[dict]) -> str:
     """The dry-run text: trials, resources, and a rough compute estimate."""
     t = sc.trial
-    lines = [f"sweep {sc.name}: task {t.task}, preset {t.preset}, model {t.model}, search {sc.search}, "
-             f"scheduler {sc.scheduler}", f"storage {sc.path}"]
     count = trial_count(sc, plan)
-    if sc.search == "grid":
+    lines = [f"{'at most ' if sc.search == 'refine' else ''}{count} trials", f"sweep {sc.name}: task {t.task}, preset {t.preset}, model {t.model}, "
+             f"search {sc.search}, scheduler {sc.scheduler}", f"storage {sc.path}"]
+    if sc.search == "grid" and count > LISTED:  # a summary: thousands of lines would hide the count
+        for m in sc.methods:
+            mine = [e for e in plan if e["method"] == m]
+            combos = {json.dumps(e["hparams"], sort_keys=True) for e in mine}
+            lines.append(f"  {m:<11} {len(mine)} trials: {len({e['lr'] for e in mine})} lr rungs x "
+                         f"{len({e['seed'] for e in mine})} seeds x {len(combos)} hyperparameter combinations")
+    elif sc.search == "grid":
         for i, e in enumerate(plan, 1):
             hp = " ".join(f"{k}={v}" for k, v in e["hparams"].items())
             lines.append(f"  {i:>3}. {e['method']:<11} lr={e['lr']:<8g} seed={e['seed']} {hp}")

@@ -23,7 +23,7 @@ from pathlib import Path
 from ray.tune import Callback
 
 from harness import tasks
-from harness.config import UsageError, trial_spec
+from harness.config import UsageError, quote, trial_spec, writable
 
 # lr_now: the scheduled learning rate at that step (the trial's lr is a param).
 STEP_METRICS = ("train_loss", "val_loss", "lr_now", "grad_norm", "tokens_per_s", "peak_mem_mb", "alignment")
@@ -41,10 +41,22 @@ def redact(uri: str) -> str:
     return re.sub(r"(//[^/:@]+:)[^/@]+@", r"\1***@", uri)
 
 
+STORES = ("http://", "https://", "sqlite:///", "file:///", "postgresql://", "mysql://", "mssql://", "databricks")
+
+
 def resolve_uri(uri: str, root: Path) -> str:
+    """The tracking URI, checked before anything is written: a known scheme, a server that answers,
+    an SQLite file in a folder we may write in."""
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI", "")
     if not uri:
         return f"sqlite:///{(root / 'mlflow.db').resolve()}"
+    if not uri.startswith(STORES):
+        raise UsageError(f"tracking URI {quote(redact(uri))} is not one MLflow can use: pass --tracking-uri "
+                         f"(or MLFLOW_TRACKING_URI) as http(s)://host:port, sqlite:////abs/path.db or file:///abs/folder")
+    if uri.startswith("sqlite:///"):  # sqlite:///relative.db or sqlite:////absolute.db
+        writable("tracking store", Path(uri.removeprefix("sqlite:///")).resolve().parent)
+    if uri.startswith("file:///"):
+        writable("tracking store", Path(uri.removeprefix("file://")))
     if uri.startswith(("http://", "https://")):
         # urllib takes user:password@ for part of the host name: check the server without them
         # (its /health needs no login).
@@ -185,7 +197,7 @@ def sweep_rows(uri: str, task: str, name: str) -> tuple[str, dict, list[dict]]:
     exp = mlf.get_experiment_by_name(task)
     parent = find_run(mlf, exp.experiment_id, **{"harness.sweep": name, "harness.kind": "sweep"}) if exp else None
     if parent is None:
-        raise UsageError(f"no sweep named {name!r} for task {task} in {redact(uri)}: "
+        raise UsageError(f"no sweep named {quote(name)} for task {task} in {redact(uri)}: "
                          f"check the name, --task and --tracking-uri")
     runs = mlf.search_runs([exp.experiment_id], max_results=50000,
                            filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")
