@@ -6,7 +6,6 @@ only from the standard environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AW
 AWS_ENDPOINT_URL_S3, AWS_DEFAULT_REGION), which pyarrow reads itself: no secret passes through the
 harness's flags, output or files."""
 
-import functools
 import shutil
 import tempfile
 import threading
@@ -29,6 +28,8 @@ def location(text: str) -> str:
     """A --storage value as a location: a folder made absolute (default ./runs), or a URI of a
     bucket that resolves (file:// URIs become folders)."""
     text = text or "runs"
+    if ":/" in text and not is_uri(text):  # s3:/bucket would be a folder named s3:
+        raise UsageError(f"--storage {text[:100]} is neither a folder nor a URI: write scheme://bucket/prefix")
     if not is_uri(text):
         return str(Path(text).expanduser().resolve())
     fs, path = resolve(text)
@@ -39,7 +40,6 @@ def join(location: str, *parts: str) -> str:
     return "/".join([location.rstrip("/"), *parts])
 
 
-@functools.lru_cache(maxsize=64)
 def _from_uri(uri: str):
     try:
         fs, path = pafs.FileSystem.from_uri(uri)
@@ -90,8 +90,10 @@ def exists(location: str) -> bool:
 
 
 def read_bytes(location: str) -> bytes:
+    """The whole file in one read (a stream would read a bucket object in ranges, which may come
+    from two versions when a writer replaces it meanwhile)."""
     fs, path = resolve(location)
-    with fs.open_input_stream(path) as f:
+    with fs.open_input_file(path) as f:
         return f.read()
 
 
