@@ -44,7 +44,7 @@ def answers(url: str) -> bool:
     return True
 
 
-def stop(proc, grace: float = 20):
+def stop(proc, grace: float = 5):
     """SIGTERM to the process group we started (the process and its children), SIGKILL after `grace`."""
     if proc.poll() is None:
         try:
@@ -121,7 +121,7 @@ def postgres():
             conn.autocommit = True
             conn.cursor().execute("CREATE DATABASE mlflow")
             conn.close()
-            yield f"postgresql://mlflow:{password}@127.0.0.1:{port}/mlflow"
+            yield f"postgresql+psycopg2://mlflow:{password}@127.0.0.1:{port}/mlflow"
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
