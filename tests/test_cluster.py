@@ -206,6 +206,16 @@ def test_results_report_and_log_are_in_the_bucket(cluster, spread):
     assert "Connecting to existing Ray cluster" in storage.read_text(f"{SWEEPS}/spread/harness.log")
 
 
+def test_report_command_reads_a_sweep_in_the_bucket(cluster, spread):
+    fs, path = storage.resolve(f"{SWEEPS}/spread/report")
+    fs.delete_dir(path)
+    proc = run_cli("report", "spread", "--storage", SWEEPS, "--tracking-uri", cluster.tracking, env=cluster.env,
+                   timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().endswith(f"{SWEEPS}/spread/report/report.html")
+    assert storage.listdir(f"{SWEEPS}/spread/report") == ["report.html", "report.json", "report.md"]
+
+
 def test_no_secret_in_output_bucket_or_mlflow(cluster, spread):
     output, resumed, *_ = spread
     texts = [output, resumed.stdout, resumed.stderr] + [storage.read_bytes(f).decode(errors="replace") for f in bucket_files(f"{SWEEPS}/spread")]
