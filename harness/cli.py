@@ -9,7 +9,7 @@ import time
 import urllib.parse
 from pathlib import Path
 
-from harness import tasks
+from harness import storage, tasks
 from harness.config import PRESETS, TrialConfig, UsageError, check_name, load_yaml, positive, quote, writable
 
 
@@ -202,18 +202,18 @@ def cmd_run(args):
         return 0
     count = f"at most {sc.budget}" if sc.search == "refine" else sweep.trial_count(sc, plan)
     print(f"sweep {sc.name}: {count} trials of {', '.join(sc.methods)} on preset {sc.trial.preset}; "
-          f"tracking {tracking.redact(sc.tracking_uri)}; log {sc.path / 'harness.log'}", flush=True)
+          f"tracking {tracking.redact(sc.tracking_uri)}; log {sweep.log_file(sc)}", flush=True)
     warnings_to_log()
     rows = sweep.run(sc, plan)
     print("\n" + table(rows))
-    print(f"results: {sc.path / 'results.json'}")
+    print(f"results: {storage.join(sc.path, 'results.json')}")
     if sc.search == "refine":
-        for line in json.loads((sc.path / "refine.json").read_text())["lines"]:
+        for line in json.loads(storage.read_text(storage.join(sc.path, "refine.json")))["lines"]:
             hp = "".join(f" {k}={v}" for k, v in line["hparams"].items())
             print(f"refine {line['method']}{hp}: {line['end']} after {line['trials']} trials: {line['summary']}")
-        print(f"refine decisions: {sc.path / 'refine.json'}")
+        print(f"refine decisions: {storage.join(sc.path, 'refine.json')}")
     page = report(sc.tracking_uri, sc.trial.task, sc.name, sc.path)
-    verdict = json.loads((page.parent / "report.json").read_text())["verdict"]
+    verdict = json.loads(storage.read_text(storage.join(sc.path, "report", "report.json")))["verdict"]
     print("\nfound: " + ". ".join(verdict.split(". ")[:2]).rstrip(".") + ".")
     print(f"report: {page}")
     print(f"MLflow: {mlflow_link(sc)}")
@@ -254,7 +254,7 @@ def cmd_nightly(args):
     from harness.report import publish
     suite = nightly.load_suite(args.config)
     if args.pin:
-        uri = tracking.resolve_uri(suite.get("tracking_uri", ""), Path(suite.get("storage") or "runs").resolve())
+        uri = tracking.resolve_uri(suite.get("tracking_uri", ""), storage.location(suite.get("storage", "")))
         nightly.pin(uri, suite, args.pin)
         print(f"nightly {suite['suite']}: {args.pin} is the baseline now")
         return 0
@@ -279,10 +279,10 @@ def cmd_nightly(args):
     print(f"nightly {suite['suite']}: sweep {sc.name}, {len(plan)} trials", flush=True)
     sweep.run(sc, plan, tags={"harness.suite": suite["suite"]})
     parent, rows, now, section, found = nightly.judge(sc.tracking_uri, suite, sc.name)
-    page = publish(sc.tracking_uri, parent, now, rows, sc.path / "report", f"Nightly {suite['suite']}: {sc.name}",
-                   [section])
+    with storage.local_folder(storage.join(sc.path, "report")) as folder:
+        publish(sc.tracking_uri, parent, now, rows, folder, f"Nightly {suite['suite']}: {sc.name}", [section])
     print(section[2])
-    print(f"report: {page}")
+    print(f"report: {storage.join(sc.path, 'report', 'report.html')}")
     return 1 if found else 0
 
 
@@ -299,12 +299,13 @@ def cmd_report(args):
     for flag in ("reference_lr", "target_loss"):
         if getattr(args, flag) is not None:
             positive(f"--{flag.replace('_', '-')}", getattr(args, flag))
-    storage = Path(args.storage or "runs").resolve()
-    uri = resolve_uri(args.tracking_uri, storage)
+    where = storage.location(args.storage)
+    storage.check(where)
+    uri = resolve_uri(args.tracking_uri, where)
     check_recorded(uri, args.task, args.name)
     options = dict(metric=args.metric, loss_tol=args.loss_tol, acc_tol=args.acc_tol,
                    reference_lr=args.reference_lr, target_loss=args.target_loss)
-    print(report(uri, args.task, args.name, storage / args.name, **options))
+    print(report(uri, args.task, args.name, storage.join(where, args.name), **options))
     return 0
 
 
@@ -345,7 +346,7 @@ def cmd_ui(args):
         raise UsageError(f"--port must be from 1 to 65535, got {args.port}")
     if not args.host or any(c.isspace() or c in "/@" for c in args.host):
         raise UsageError(f"--host {quote(args.host)} is not a host name or address: use 127.0.0.1 or 0.0.0.0")
-    uri = resolve_uri(args.tracking_uri, Path(args.storage or "runs").resolve())
+    uri = resolve_uri(args.tracking_uri, storage.location(args.storage))
     print(f"MLflow UI for {redact(uri)} at http://{args.host}:{args.port}", flush=True)
     for name, link in experiment_links(uri, f"http://{args.host}:{args.port}"):
         print(f"  {name}: {link}", flush=True)
@@ -376,8 +377,8 @@ def add_run_options(p):
     p.add_argument("--max-failures", type=int, default=1, help="retries of a crashed trial")
     p.add_argument("--address", default="", help="Ray cluster to join (default: $RAY_ADDRESS, "
                    "else a local Ray)")
-    p.add_argument("--storage", default="", help="folder or URI for sweep results; shared on "
-                   "clusters (default: ./runs)")
+    p.add_argument("--storage", default="", help="folder or bucket URI (s3://bucket/prefix) for sweep "
+                   "files and Ray's trial checkpoints; credentials from AWS_* variables (default: ./runs)")
     p.add_argument("--name", default="", help="sweep name (default: <task>-<preset>-<time>)")
     p.add_argument("--resume", default="", metavar="NAME", help="continue the interrupted sweep NAME")
     p.add_argument("--spaces", default="", help="folder of search-space YAML files (default: the "
@@ -411,7 +412,7 @@ def build_parser() -> Parser:
     report.add_argument("name", help="sweep name (see the sweep folders under --storage)")
     report.add_argument("--task", default="gsm8k", help="task of the sweep (default: gsm8k)")
     add_tasks_dir(report)
-    report.add_argument("--storage", default="", help="sweeps folder (default: ./runs)")
+    report.add_argument("--storage", default="", help="sweeps folder or bucket URI (default: ./runs)")
     report.add_argument("--tracking-uri", default="", help="MLflow URI (default: as for harness run)")
     report.add_argument("--metric", default="auto", choices=("auto", "val_loss", "accuracy"),
                         help="score: auto = accuracy when >= 200 GSM8K questions were scored, else val_loss")

@@ -55,7 +55,7 @@ def load_suite(path: str) -> dict:
     except UsageError as err:
         raise UsageError(f"nightly config {path}: {err}") from None
     for key in ("data_dir", "storage"):  # relative to the suite file, so cron can run from anywhere
-        if suite.get(key):
+        if suite.get(key) and "://" not in suite[key]:  # a bucket URI stays as it is
             suite[key] = str((file.parent / suite[key]).resolve())
     suite.setdefault("metric", "val_loss")
     suite.setdefault("loss_tol", 0.05)

@@ -3,8 +3,9 @@
 from pathlib import Path
 
 import reports
-from harness import tasks, tracking
+from harness import storage, tasks, tracking
 from harness.tracking import _value
+from reports.render import _html_table, _md_table
 
 QUESTIONS_TO_RANK = 200  # fewer scored questions cannot separate methods: val loss ranks instead
 
@@ -55,6 +56,14 @@ def _toy_setting(t) -> dict:
             "validation": "risk computed exactly from the weights", "questions": "no questions scored"}
 
 
+def trials_section(rows: list) -> tuple:
+    """(heading, html, markdown) of a table of every trial: its status and where it ran."""
+    head = ["method", "lr", "seed", "status", "host", "Ray node"]
+    body = [[r["method"], f"{r['lr']:g}", str(r["seed"]), r["status"], r.get("host") or "-",
+             (r.get("node") or "-")[:12]] for r in sorted(rows, key=lambda r: (r["method"], r["lr"], r["seed"]))]
+    return "Trials", _html_table(head, body), _md_table(head, body)
+
+
 def publish(uri: str, parent: str, analysis: dict, rows: list, folder: Path, title: str,
             extra_sections=()) -> Path:
     """Write report.{html,md,json} under folder and attach them to the parent run."""
@@ -65,12 +74,16 @@ def publish(uri: str, parent: str, analysis: dict, rows: list, folder: Path, tit
     return paths["html"]
 
 
-def report(uri: str, task: str, name: str, folder: Path, **options) -> Path:
+def report(uri: str, task: str, name: str, where: str, **options) -> str:
+    """The report of sweep `name`, written to <where>/report (a folder or bucket location); the
+    location of its report.html."""
     parent, rows, analysis = analysis_of(uri, task, name, **options)
-    extra = tasks.get(task).report_sections(analysis, rows, folder / "report")
-    page = publish(uri, parent, analysis, rows, folder / "report", f"Learning-rate robustness: {name}", extra)
+    location = storage.join(where, "report")
+    with storage.local_folder(location) as folder:
+        extra = [*tasks.get(task).report_sections(analysis, rows, folder), trials_section(rows)]
+        publish(uri, parent, analysis, rows, folder, f"Learning-rate robustness: {name}", extra)
     tracking.name_sweep(uri, parent, name, headline(analysis))
-    return page
+    return storage.join(location, "report.html")
 
 
 def headline(analysis) -> str:

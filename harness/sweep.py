@@ -4,20 +4,22 @@ Each trial trains one (method, lr, seed, hyperparameters) config, reports valida
 every interval, then is scored by its task (lm-eval on GSM8K for the LLM tasks). MLflow records
 are written from the driver."""
 
+import fnmatch
 import json
 import logging
 import logging.handlers
 import os
 import socket
+import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import methods
-from harness import resume, search, spaces, tasks, tracking
+from harness import resume, search, spaces, storage, tasks, tracking
 from harness.config import TrialConfig, UsageError, check_name, positive, quote, trial_spec, writable
 from harness.progress import Progress
-from harness.search import DIVERGED
 from harness.tasks import preset_hparams, resolve
 
 LISTED = 200     # a dry run lists the trials of a grid up to this many, else summarizes it
@@ -40,14 +42,15 @@ class SweepConfig:
     max_concurrent: int = 0
     max_failures: int = 1
     address: str = ""
-    storage: str = ""
+    storage: str = ""               # a folder or a bucket URI (harness/storage.py)
     tracking_uri: str = ""
     resume: bool = False
     spaces: str = ""                # search-space folder (default: the repository's search_spaces/)
 
     @property
-    def path(self) -> Path:
-        return Path(self.storage) / self.name
+    def path(self) -> str:
+        """The sweep's location: <storage>/<name>."""
+        return storage.join(self.storage, self.name)
 
 
 def prepare(sc: SweepConfig) -> list[dict]:
@@ -69,14 +72,13 @@ def prepare(sc: SweepConfig) -> list[dict]:
     sc.spaces = str(folder)
     task = tasks.get(sc.trial.task)
     sc.lrs = [positive("--lrs value", lr) for lr in sc.lrs] or task.ladder(sc.trial.preset, folder)
-    if "://" in sc.storage:
-        raise UsageError(f"--storage {sc.storage} is a URI: pass a folder (on clusters, a folder "
-                         f"on a file system shared by every node)")
-    sc.storage = str(Path(sc.storage or "runs").resolve())
+    sc.storage = storage.location(sc.storage)
+    storage.check(sc.storage)
     sc.name = check_name("--name", sc.name or f"{sc.trial.task}-{sc.trial.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
-    writable("--storage", Path(sc.storage))
-    sc.tracking_uri = tracking.resolve_uri(sc.tracking_uri, Path(sc.storage))  # before any file is written
-    exists = (sc.path / "tuner.pkl").exists()
+    if not storage.is_uri(sc.storage):
+        writable("--storage", Path(sc.storage))
+    sc.tracking_uri = tracking.resolve_uri(sc.tracking_uri, sc.storage)  # before any file is written
+    exists = storage.exists(storage.join(sc.path, "tuner.pkl"))
     if sc.resume and not exists:
         raise UsageError(f"no sweep named {sc.name!r} under {sc.storage}: check --name/--storage, "
                          f"or start it without --resume")
@@ -196,46 +198,62 @@ def _resources(sc: SweepConfig) -> tuple[float, float]:
     return tasks.get(sc.trial.task).resources(sc.cpus_per_trial, sc.gpus_per_trial, bool(sc.address))
 
 
+def placement() -> dict:
+    """Where this trial runs: its Ray node, host, and the GPU ids Ray gave it (tags of its run)."""
+    import ray
+    devices = os.environ.get("CUDA_VISIBLE_DEVICES") or ",".join(map(str, ray.get_gpu_ids()))
+    return {"ray.node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(),
+            "cuda_visible_devices": devices or "none"}
+
+
 def train_trial(config: dict, base: dict):
-    """The Tune trial: train, report every interval, score, report the final result."""
+    """The Tune trial: train, report every interval, score, and report the final result with the
+    trial's files (adapter, metrics, samples) as its checkpoint. The files are written to a local
+    folder: Ray persists the checkpoint to the sweep's storage, from any node, and the driver
+    records them in MLflow from there."""
     import ray.tune
     import torch
 
     torch.set_num_threads(max(1, int(base["cpus"])))  # Ray may cap threads at 1 otherwise
-    spec = trial_spec(config)
-    # Under the sweep folder, not Ray's trial dir: on a cluster that one is on the worker's disk.
-    out = str(Path(base["sweep_dir"], "trials", ray.tune.get_context().get_trial_name()))
-    cfg = resolve(TrialConfig(**{**base["trial"], **spec, "out": out,   # finds --tasks-dir tasks too
-                                 "init_cache": str(Path(base["sweep_dir"], "inits"))}))
-    task = tasks.get(cfg.task)
-    last = {"val_loss": None}
+    where = placement()
+    # The init cache is a folder of the sweep's; on a bucket, each trial computes its own init.
+    cache = "" if storage.is_uri(base["sweep_dir"]) else str(Path(base["sweep_dir"], "inits"))
+    with tempfile.TemporaryDirectory(prefix="harness-trial-") as out:
+        cfg = resolve(TrialConfig(**{**base["trial"], **trial_spec(config), "out": out,   # finds --tasks-dir tasks too
+                                     "init_cache": cache}))
+        task = tasks.get(cfg.task)
+        last = {"val_loss": None}
 
-    def report(point):
-        last["val_loss"] = point.get("val_loss", last["val_loss"])
-        diverged = "val_loss" not in point
-        ray.tune.report({**point, "val_loss": last["val_loss"], "status": "diverged" if diverged else "running",
-                         "objective": DIVERGED if diverged else point["val_loss"]})
+        def report(point):
+            last["val_loss"] = point.get("val_loss", last["val_loss"])
+            diverged = "val_loss" not in point
+            ray.tune.report({**point, **where, "val_loss": last["val_loss"],
+                             "status": "diverged" if diverged else "running",
+                             "objective": DIVERGED if diverged else point["val_loss"]})
 
-    try:
-        result = task.run(cfg, report=report)
-    except torch.OutOfMemoryError as err:  # the allocation that failed is no help: name the fix
-        raise torch.OutOfMemoryError(f"out of memory: {err}: lower --batch-size or --max-length, or "
-                                     f"give the trial more memory (--gpus-per-trial)") from err
-    scores = task.score(cfg) if result["status"] == "finished" else {}
-    objective = result["val_loss"] if result["status"] == "finished" else DIVERGED
-    ray.tune.report({**{k: v for k, v in result.items() if v is not None}, **scores,
-                     "final": 1, "objective": objective, "out": out})
+        try:
+            result = task.run(cfg, report=report)
+        except torch.OutOfMemoryError as err:  # the allocation that failed is no help: name the fix
+            raise torch.OutOfMemoryError(f"out of memory: {err}: lower --batch-size or --max-length, or "
+                                         f"give the trial more memory (--gpus-per-trial)") from err
+        scores = task.score(cfg) if result["status"] == "finished" else {}
+        objective = result["val_loss"] if result["status"] == "finished" else DIVERGED
+        ray.tune.report({**{k: v for k, v in result.items() if v is not None}, **scores, **where,
+                         "final": 1, "objective": objective},
+                        checkpoint=ray.tune.Checkpoint.from_directory(out))  # uploaded before it returns
 
 
 def build_tuner(sc: SweepConfig, plan: list[dict], parent_id: str):
     from ray import tune
     cpus, gpus = _resources(sc)
     template = {k: v for k, v in asdict(sc.trial).items() if k not in ("method", "lr", "seed", "hparams", "out")}
-    base = {"trial": template, "cpus": cpus, "sweep_dir": str(sc.path)}
+    base = {"trial": template, "cpus": cpus}
     trainable = tune.with_resources(tune.with_parameters(train_trial, base=base), {"cpu": cpus, "gpu": gpus})
+    fs, path = storage.resolve(sc.storage)
+    fs = fs if storage.is_uri(sc.storage) else None  # Ray's own handling of local folders
     if sc.resume:
         tracking.Tracker.uri = sc.tracking_uri  # not pickled with the tracker
-        return tune.Tuner.restore(str(sc.path), trainable, resume_errored=True)
+        return tune.Tuner.restore(f"{path}/{sc.name}", trainable, resume_errored=True, storage_filesystem=fs)
     total = trial_count(sc, plan)
     callbacks = [tracking.Tracker(sc.tracking_uri, sc.trial.task, sc.name, parent_id), Progress(total, sc.trial.steps)]
     tune_config = dict(max_concurrent_trials=sc.max_concurrent or None,
@@ -260,7 +278,7 @@ def build_tuner(sc: SweepConfig, plan: list[dict], parent_id: str):
         reports = sc.trial.steps // sc.trial.eval_interval + 2
         tune_config["scheduler"] = ASHAScheduler(max_t=reports, grace_period=max(1, reports // 3),
                                                  reduction_factor=2, **objective)
-    run_config = tune.RunConfig(name=sc.name, storage_path=sc.storage, verbose=0, callbacks=callbacks,
+    run_config = tune.RunConfig(name=sc.name, storage_path=path, storage_filesystem=fs, verbose=0, callbacks=callbacks,
                                 failure_config=tune.FailureConfig(max_failures=sc.max_failures))
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune.TuneConfig(**tune_config),
                       run_config=run_config)
@@ -310,9 +328,21 @@ def hold_logs() -> logging.handlers.MemoryHandler:
     return held
 
 
-def log_to_file(path: Path, held: logging.handlers.MemoryHandler):
-    """Library logging, and what `held` kept, goes to <sweep>/harness.log."""
+def log_file(sc: SweepConfig) -> Path:
+    """<sweep>/harness.log in a folder; with a bucket, a local file that is copied to
+    <sweep>/harness.log when the sweep ends (a bucket cannot be appended to)."""
+    if not storage.is_uri(sc.storage):
+        return Path(sc.path, "harness.log")
+    return Path(tempfile.gettempdir(), "harness", sc.name, "harness.log")
+
+
+def log_to_file(sc: SweepConfig, held: logging.handlers.MemoryHandler):
+    """Library logging, and what `held` kept, goes to the sweep's log (continued on resume)."""
+    path = log_file(sc)
     path.parent.mkdir(parents=True, exist_ok=True)
+    saved = storage.join(sc.path, "harness.log")
+    if storage.is_uri(sc.storage):  # the bucket's copy, or a new log
+        path.write_bytes(storage.read_bytes(saved) if storage.exists(saved) else b"")
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     held.setTarget(handler)
@@ -325,7 +355,7 @@ def run(sc: SweepConfig, plan: list[dict], tags: dict | None = None) -> list[dic
     import ray
     held = hold_logs()
     start_ray(sc)  # before any file: an unreachable cluster must leave no run or folder behind
-    log_to_file(sc.path / "harness.log", held)
+    log_to_file(sc, held)
     if not sc.resume:
         resume.save(sc)
     parent_id = tracking.start_sweep(sc.tracking_uri, sc.trial.task, sc.name, run_params(sc), tags or {})
@@ -337,17 +367,21 @@ def run(sc: SweepConfig, plan: list[dict], tags: dict | None = None) -> list[dic
     finally:
         tracking.finish_sweep(sc.tracking_uri, parent_id, status)
         ray.shutdown()
+        if storage.is_uri(sc.storage):
+            storage.write_bytes(storage.join(sc.path, "harness.log"), log_file(sc).read_bytes())
     rows.sort(key=lambda r: (r["method"], r["lr"], r["seed"]))
-    (sc.path / "results.json").write_text(json.dumps(rows, indent=2))
+    storage.write_text(storage.join(sc.path, "results.json"), json.dumps(rows, indent=2))
     if sc.search == "refine":
-        (sc.path / "refine.json").write_text(json.dumps(search.results(refine_state(sc.path)), indent=2))
+        storage.write_text(storage.join(sc.path, "refine.json"),
+                           json.dumps(search.results(refine_state(sc.path)), indent=2))
     return rows
 
 
-def refine_state(path: Path) -> dict:
+def refine_state(path: str) -> dict:
     """The refine searcher's last checkpoint (Tune writes one per driver session; the newest wins)."""
-    files = sorted(path.glob(search.Refine.CKPT_FILE_TMPL.format("*")))
-    return json.loads(files[-1].read_text())
+    pattern = search.Refine.CKPT_FILE_TMPL.format("*")
+    files = [name for name in storage.listdir(path) if fnmatch.fnmatch(name, pattern)]
+    return json.loads(storage.read_text(storage.join(path, files[-1])))
 
 
 def run_params(sc: SweepConfig) -> dict:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ray.tune import Callback
 
-from harness import tasks
+from harness import storage, tasks
 from harness.config import UsageError, quote, trial_spec, writable
 
 # lr_now: the scheduled learning rate at that step (the trial's lr is a param).
@@ -33,6 +33,7 @@ FINAL_METRICS = ("val_loss_init", "best_val_loss", "step_seconds", "grad_seconds
 # a summary run holds <metric>_mean, _std, _n of each over its finished seeds
 SUMMARY_METRICS = ("val_loss",) + FINAL_METRICS
 SETTLED = ("finished", "diverged", "failed", "stopped")
+PLACEMENT = ("ray.node_id", "host", "cuda_visible_devices")  # reported by each trial, tags of its run
 PACKAGES = ("torch", "transformers", "peft", "ray", "optuna", "lm_eval", "mlflow", "datasets")
 
 
@@ -44,12 +45,15 @@ def redact(uri: str) -> str:
 STORES = ("http://", "https://", "sqlite:///", "file:///", "postgresql://", "mysql://", "mssql://", "databricks")
 
 
-def resolve_uri(uri: str, root: Path) -> str:
+def resolve_uri(uri: str, root: str) -> str:
     """The tracking URI, checked before anything is written: a known scheme, a server that answers,
-    an SQLite file in a folder we may write in."""
+    an SQLite file in a folder we may write in (by default in the storage folder `root`)."""
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not uri and storage.is_uri(root):
+        raise UsageError(f"--storage {root[:100]} is a bucket, which cannot hold the SQLite store: pass "
+                         f"--tracking-uri http://HOST:PORT of an mlflow server (docs/clusters.md)")
     if not uri:
-        return f"sqlite:///{(root / 'mlflow.db').resolve()}"
+        return f"sqlite:///{Path(root, 'mlflow.db').resolve()}"
     if not uri.startswith(STORES):
         raise UsageError(f"tracking URI {quote(redact(uri))} is not one MLflow can use: pass --tracking-uri "
                          f"(or MLFLOW_TRACKING_URI) as http(s)://host:port, sqlite:////abs/path.db or file:///abs/folder")
@@ -214,6 +218,7 @@ def sweep_rows(uri: str, task: str, name: str) -> tuple[str, dict, list[dict]]:
         row = dict(method=method, lr=lr, seed=seed, hparams=params, history=history, alignment=alignment,
                    grad_norm=grad_norm,
                    status=run.data.tags.get("status", "running"), error=run.data.tags.get("error"),
+                   host=run.data.tags.get("host"), node=run.data.tags.get("ray.node_id"),
                    **{k: run.data.metrics.get(k) for k in ("val_loss", "attempts") + FINAL_METRICS})
         rows[(method, lr, seed, tuple(sorted(params.items())))] = row
     return parent, mlf.get_run(parent).data.params, _searched_only(list(rows.values()))
@@ -265,19 +270,20 @@ def summary_name(method: str, lr: float, hparams: dict, defaults: dict, seeds: i
 
 
 class Tracker(Callback):
-    """Mirrors every trial into a child run (params, metric histories, status, artifacts), and
-    each seed group into a summary run, updated whenever one of its trials ends."""
+    """Mirrors every trial into a child run (params, metric histories, placement tags, status,
+    the files of its checkpoint as artifacts), and each seed group into a summary run, updated
+    whenever one of its trials ends."""
 
     uri = ""  # of a tracker restored by Tune.restore: set by the driver that resumes
 
     def __init__(self, uri: str, task: str, sweep: str, parent_id: str):
         self.uri, self.task, self.sweep, self.parent_id = uri, task, sweep, parent_id
-        self.runs, self.last = {}, {}
+        self.runs, self.last, self.placed, self.checkpoints = {}, {}, {}, {}
 
     def __getstate__(self):
         # Tune pickles callbacks with the experiment (tuner.pkl): clients do not pickle, and the
         # URI may hold a password, which must not be saved.
-        return {k: v for k, v in self.__dict__.items() if k not in ("_mlf", "runs", "uri")} | {"runs": {}}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_mlf", "runs", "uri")} | {"runs": {}, "placed": {}}
 
     @property
     def mlf(self):
@@ -369,14 +375,20 @@ class Tracker(Callback):
         self.run_of(trial)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric, RunTag
         run_id, now = self.run_of(trial), int(time.time() * 1000)
         keys = FINAL_METRICS if result.get("final") else STEP_METRICS
         metrics = [Metric(k, float(result[k]), now, int(result["step"]))
                    for k in keys if isinstance(result.get(k), (int, float))]
-        if metrics:
-            self.mlf.log_batch(run_id, metrics=metrics)
+        where = {k: str(result[k]) for k in PLACEMENT if k in result}
+        tags = [RunTag(k, v) for k, v in where.items()] if where != self.placed.get(trial.trial_id) else []
+        if metrics or tags:  # placement: on each attempt's first report (a retry may run elsewhere)
+            self.mlf.log_batch(run_id, metrics=metrics, tags=tags)
+        self.placed[trial.trial_id] = where
         self.last[trial.trial_id] = result
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        self.checkpoints[trial.trial_id] = checkpoint  # the trial's files, on the sweep's storage
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         run_id = self.run_of(trial)
@@ -385,15 +397,20 @@ class Tracker(Callback):
         self.mlf.set_tag(run_id, "status", status)
         self.mlf.update_run(run_id, name=self._name(trial, status))
         self._log_attempts(run_id, trial.num_failures + 1)
-        out = self.last.get(trial.trial_id, {}).get("out", "")
-        for name in ("adapter", "gsm8k_samples.jsonl", "metrics.json", "peft_result.json") if out else ():
-            path = Path(out, name)
-            if path.is_dir():
-                self.mlf.log_artifacts(run_id, str(path), name)
-            elif path.is_file():
-                self.mlf.log_artifact(run_id, str(path))
+        if trial.trial_id in self.checkpoints:
+            self._log_files(run_id, self.checkpoints.pop(trial.trial_id))
         self.mlf.set_terminated(run_id, "FINISHED")
         self.update_summary(trial)
+
+    def _log_files(self, run_id: str, checkpoint):
+        """Every file of the trial's checkpoint (adapter/, metrics.json, samples, peft_result.json),
+        downloaded to a temporary folder first when it lies in a bucket."""
+        with checkpoint.as_directory() as folder:
+            for path in sorted(Path(folder).iterdir()):
+                if path.is_dir():
+                    self.mlf.log_artifacts(run_id, str(path), path.name)
+                elif not path.name.startswith("."):  # Ray's own metadata
+                    self.mlf.log_artifact(run_id, str(path))
 
     def on_trial_error(self, iteration, trials, trial, **info):
         run_id = self.run_of(trial)
