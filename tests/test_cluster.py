@@ -6,10 +6,12 @@ artifacts; a node lost mid-sweep costs a retry, not a trial; a sweep resumes fro
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.parse
 from contextlib import ExitStack
@@ -43,9 +45,8 @@ class Cluster:
     mlf: object = None
 
 
-def started_node(folder: Path, proc):
-    wait_for(lambda: "Ray runtime started" in folder.with_suffix(".log").read_text(), f"ray node {folder.name}",
-             120, proc)
+def started_node(log: Path, proc):
+    wait_for(lambda: "Ray runtime started" in log.read_text(), log.name, 120, proc)
     return raylet_of(proc)
 
 
@@ -64,11 +65,12 @@ def cluster(tmp_path_factory):
         token.write_text(secrets.token_hex(32))
         token.chmod(0o600)
         env = ray_env(token, s3, os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])))
-        port = free_port()
-        head = stack.enter_context(ray_node(root / "head", env, port, head=True))
-        _, head_node = started_node(root / "head", head)
-        worker = stack.enter_context(ray_node(root / "worker", env, port, head=False))
-        worker_raylet, worker_node = started_node(root / "worker", worker)
+        port, sessions = free_port(), Path(tempfile.mkdtemp(prefix="ray-"))
+        stack.callback(shutil.rmtree, sessions, ignore_errors=True)  # after the nodes stopped
+        head = stack.enter_context(ray_node(sessions / "head", root / "head.log", env, port, head=True))
+        _, head_node = started_node(root / "head.log", head)
+        worker = stack.enter_context(ray_node(sessions / "worker", root / "worker.log", env, port, head=False))
+        worker_raylet, worker_node = started_node(root / "worker.log", worker)
         wait_for(lambda: answers(f"{tracking}/health"), "mlflow server", 180, server)
         from mlflow.tracking import MlflowClient
         print(f"\ncluster up in {time.monotonic() - start:.0f} s")
