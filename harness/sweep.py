@@ -10,7 +10,6 @@ import logging
 import logging.handlers
 import os
 import socket
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -20,6 +19,7 @@ import methods
 from harness import resume, search, spaces, storage, tasks, tracking
 from harness.config import TrialConfig, UsageError, check_name, positive, quote, trial_spec, writable
 from harness.progress import Progress
+from harness.search import DIVERGED
 from harness.tasks import preset_hparams, resolve
 
 LISTED = 200     # a dry run lists the trials of a grid up to this many, else summarizes it
