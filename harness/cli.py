@@ -1,14 +1,16 @@
 """Command line: `harness methods`, `trial`, `run`, `report`, `nightly`, `ui`."""
 
 import argparse
+import collections
 import json
 import os
 import sys
 import time
+import urllib.parse
 from pathlib import Path
 
-from harness import tasks
-from harness.config import PRESETS, TrialConfig, UsageError
+from harness import storage, tasks
+from harness.config import PRESETS, TrialConfig, UsageError, check_name, load_yaml, positive, quote, writable
 
 
 class Parser(argparse.ArgumentParser):
@@ -32,15 +34,18 @@ def parse_number(text: str):
     try:
         return float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        raise argparse.ArgumentTypeError(f"{quote(text)} is not a number") from None
 
 
 def parse_setting(text: str) -> tuple:
     import yaml
     key, sep, value = text.partition("=")
     if not sep or not key:
-        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE (for example rank=16)")
-    return key.strip(), yaml.safe_load(value)
+        raise argparse.ArgumentTypeError(f"{quote(text)} is not KEY=VALUE (for example rank=16)")
+    try:
+        return key.strip(), load_yaml(value)
+    except yaml.YAMLError:
+        raise argparse.ArgumentTypeError(f"--set {quote(text)}: the value is not a plain YAML value") from None
 
 
 def task_help() -> str:
@@ -127,13 +132,35 @@ def cmd_trial(args):
     if not cfg.out:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         cfg.out = str(Path("runs", "trials", f"{cfg.method}-lr{cfg.lr:g}-seed{cfg.seed}-{stamp}").resolve())
+    out = Path(cfg.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
+        raise UsageError(f"--out {quote(cfg.out)} already holds a trial: pass another --out, or --overwrite "
+                         f"to replace it")
+    writable("--out", out)
     task = tasks.get(cfg.task)
     result = task.run(cfg)
-    if result["status"] == "finished":
-        result.update(task.score(cfg))
+    scores = task.score(cfg) if result["status"] == "finished" else {}
+    result.update(scores)
     print(json.dumps(result, indent=2))
     print(f"metrics: {Path(cfg.out, 'metrics.json')}")
+    if scores:
+        print(score_text(scores))
     return 0 if result["status"] == "finished" else 1
+
+
+def score_text(scores: dict) -> str:
+    """'GSM8K (flexible): 2/10 = 20% (95% CI 5.7–51%); GSM8K (strict): 1/10 = 10% (95% CI 1.8–40.4%)':
+    the correct count of the questions scored, with its Wilson interval."""
+    from reports.statistics import percent, wilson
+    bench = next(k.removesuffix("_n") for k in scores if k.endswith("_n"))
+    n = int(scores[f"{bench}_n"])
+    parts = []
+    for kind in ("flexible", "strict"):
+        p = scores[f"{bench}_{kind}"]
+        low, high = wilson(p * n, n)
+        parts.append(f"{bench.upper()} ({kind}): {round(p * n)}/{n} = {percent(p)} "
+                     f"(95% CI {percent(low).removesuffix('%')}–{percent(high)})")
+    return "; ".join(parts)
 
 
 def parse_lrs(text: str) -> list:
@@ -161,25 +188,65 @@ def resumed_config(args):
 
 def cmd_run(args):
     from harness import sweep, tracking
+    from harness.progress import table
     from harness.report import report
     sc = resumed_config(args) if args.resume else sweep_config(args)
+    positive("--max-trials", args.max_trials)
     plan = sweep.prepare(sc)
+    if sweep.trial_count(sc, plan) > args.max_trials:
+        raise UsageError(f"the sweep has {sweep.trial_count(sc, plan)} trials, more than --max-trials "
+                         f"{args.max_trials}: check --seeds, --lrs and the search spaces (--dry-run lists "
+                         f"them), or raise --max-trials")
     if args.dry_run:
         print(sweep.describe(sc, plan))
         return 0
     count = f"at most {sc.budget}" if sc.search == "refine" else sweep.trial_count(sc, plan)
     print(f"sweep {sc.name}: {count} trials of {', '.join(sc.methods)} on preset {sc.trial.preset}; "
-          f"tracking {tracking.redact(sc.tracking_uri)}; log {sc.path / 'harness.log'}")
+          f"tracking {tracking.redact(sc.tracking_uri)}; log {sweep.log_file(sc)}", flush=True)
+    warnings_to_log()
     rows = sweep.run(sc, plan)
-    print("\n" + sweep.table(rows))
-    print(f"results: {sc.path / 'results.json'}")
+    print("\n" + table(rows))
+    print(f"results: {storage.join(sc.path, 'results.json')}")
     if sc.search == "refine":
-        for line in json.loads((sc.path / "refine.json").read_text())["lines"]:
+        for line in json.loads(storage.read_text(storage.join(sc.path, "refine.json")))["lines"]:
             hp = "".join(f" {k}={v}" for k, v in line["hparams"].items())
             print(f"refine {line['method']}{hp}: {line['end']} after {line['trials']} trials: {line['summary']}")
-        print(f"refine decisions: {sc.path / 'refine.json'}")
-    print(f"report: {report(sc.tracking_uri, sc.trial.task, sc.name, sc.path)}")
-    return 0
+        print(f"refine decisions: {storage.join(sc.path, 'refine.json')}")
+    page = report(sc.tracking_uri, sc.trial.task, sc.name, sc.path)
+    verdict = json.loads(storage.read_text(storage.join(sc.path, "report", "report.json")))["verdict"]
+    print("\nfound: " + ". ".join(verdict.split(". ")[:2]).rstrip(".") + ".")
+    print(f"report: {page}")
+    print(f"MLflow: {mlflow_link(sc)}")
+    return failures(rows)
+
+
+def failures(rows: list[dict]) -> int:
+    """Exit code 1, with the errors counted on stderr, when every trial failed."""
+    if not rows or any(r["status"] != "failed" for r in rows):
+        return 0
+    errors = collections.Counter(r.get("error") or "no error recorded" for r in rows)
+    summary = "; ".join(f"{n} x {quote(error, 200)}" for error, n in errors.most_common())
+    print(f"harness: all {len(rows)} trials failed: {summary}", file=sys.stderr)
+    return 1
+
+
+def mlflow_link(sc) -> str:
+    """Where to see the sweep's trials: the tracking server's page, or `harness ui` and its page."""
+    from harness import tracking
+    if sc.tracking_uri.startswith(("http://", "https://")):
+        server = urllib.parse.urlsplit(sc.tracking_uri)
+        base = server._replace(netloc=server.netloc.rpartition("@")[2]).geturl().rstrip("/")  # no password
+        return tracking.runs_link(sc.tracking_uri, sc.trial.task, sc.name, base)
+    ui = "harness ui" + ("" if Path(sc.storage) == Path("runs").resolve() else f" --storage {sc.storage}")
+    return f"`{ui}`, then {tracking.runs_link(sc.tracking_uri, sc.trial.task, sc.name)}"
+
+
+def warnings_to_log():
+    """Library warnings (FutureWarning, DeprecationWarning) tell a user nothing: they go to the
+    sweep's harness.log with the libraries' logging (sweep.run routes the root logger there)."""
+    import logging
+    logging.captureWarnings(True)
+    logging.getLogger("py.warnings").addHandler(logging.NullHandler())  # never the stderr fallback
 
 
 def cmd_nightly(args):
@@ -187,7 +254,7 @@ def cmd_nightly(args):
     from harness.report import publish
     suite = nightly.load_suite(args.config)
     if args.pin:
-        uri = tracking.resolve_uri(suite.get("tracking_uri", ""), Path(suite.get("storage") or "runs").resolve())
+        uri = tracking.resolve_uri(suite.get("tracking_uri", ""), storage.location(suite.get("storage", "")))
         nightly.pin(uri, suite, args.pin)
         print(f"nightly {suite['suite']}: {args.pin} is the baseline now")
         return 0
@@ -212,10 +279,10 @@ def cmd_nightly(args):
     print(f"nightly {suite['suite']}: sweep {sc.name}, {len(plan)} trials", flush=True)
     sweep.run(sc, plan, tags={"harness.suite": suite["suite"]})
     parent, rows, now, section, found = nightly.judge(sc.tracking_uri, suite, sc.name)
-    page = publish(sc.tracking_uri, parent, now, rows, sc.path / "report", f"Nightly {suite['suite']}: {sc.name}",
-                   [section])
+    with storage.local_folder(storage.join(sc.path, "report")) as folder:
+        publish(sc.tracking_uri, parent, now, rows, folder, f"Nightly {suite['suite']}: {sc.name}", [section])
     print(section[2])
-    print(f"report: {page}")
+    print(f"report: {storage.join(sc.path, 'report', 'report.html')}")
     return 1 if found else 0
 
 
@@ -224,12 +291,36 @@ def cmd_report(args):
     from harness.tracking import resolve_uri
     if args.tasks_dir:
         tasks.add_folder(args.tasks_dir)
-    storage = Path(args.storage or "runs").resolve()
-    uri = resolve_uri(args.tracking_uri, storage)
+    check_name("the sweep name", args.name)
+    tasks.get(args.task)
+    for flag in ("loss_tol", "acc_tol"):
+        if not 0 <= positive(f"--{flag.replace('_', '-')}", getattr(args, flag), allow_zero=True) < 1:
+            raise UsageError(f"--{flag.replace('_', '-')} must be a fraction below 1, got {getattr(args, flag):g}")
+    for flag in ("reference_lr", "target_loss"):
+        if getattr(args, flag) is not None:
+            positive(f"--{flag.replace('_', '-')}", getattr(args, flag))
+    where = storage.location(args.storage)
+    storage.check(where)
+    uri = resolve_uri(args.tracking_uri, where)
+    check_recorded(uri, args.task, args.name)
     options = dict(metric=args.metric, loss_tol=args.loss_tol, acc_tol=args.acc_tol,
                    reference_lr=args.reference_lr, target_loss=args.target_loss)
-    print(report(uri, args.task, args.name, storage / args.name, **options))
+    print(report(uri, args.task, args.name, storage.join(where, args.name), **options))
     return 0
+
+
+def check_recorded(uri: str, task: str, name: str):
+    """A sweep to report on must be in the store and done: no store is created, no running sweep read."""
+    from harness import tracking
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise UsageError(f"no sweep named {quote(name)}: there is no tracking store at {quote(uri)}: "
+                         f"check --storage and --tracking-uri")
+    mlf = tracking.client(uri)
+    exp = mlf.get_experiment_by_name(task)
+    parent = tracking.find_run(mlf, exp.experiment_id, **{"harness.sweep": name, "harness.kind": "sweep"}) if exp else None
+    if parent and mlf.get_run(parent).info.status == "RUNNING":
+        raise UsageError(f"sweep {quote(name)} is still running (or its driver was killed: finish it with "
+                         f"`harness run --resume {name}`): report on it when it has ended")
 
 
 def methods_list(text: str) -> list[str]:
@@ -250,9 +341,15 @@ def ui_command(uri: str, host: str, port: int) -> tuple[list[str], dict]:
 
 
 def cmd_ui(args):
-    from harness.tracking import redact, resolve_uri
-    uri = resolve_uri(args.tracking_uri, Path(args.storage or "runs").resolve())
+    from harness.tracking import experiment_links, redact, resolve_uri
+    if not 1 <= args.port <= 65535:
+        raise UsageError(f"--port must be from 1 to 65535, got {args.port}")
+    if not args.host or any(c.isspace() or c in "/@" for c in args.host):
+        raise UsageError(f"--host {quote(args.host)} is not a host name or address: use 127.0.0.1 or 0.0.0.0")
+    uri = resolve_uri(args.tracking_uri, storage.location(args.storage))
     print(f"MLflow UI for {redact(uri)} at http://{args.host}:{args.port}", flush=True)
+    for name, link in experiment_links(uri, f"http://{args.host}:{args.port}"):
+        print(f"  {name}: {link}", flush=True)
     os.execve(sys.executable, *ui_command(uri, args.host, args.port))
 
 
@@ -280,13 +377,15 @@ def add_run_options(p):
     p.add_argument("--max-failures", type=int, default=1, help="retries of a crashed trial")
     p.add_argument("--address", default="", help="Ray cluster to join (default: $RAY_ADDRESS, "
                    "else a local Ray)")
-    p.add_argument("--storage", default="", help="folder or URI for sweep results; shared on "
-                   "clusters (default: ./runs)")
+    p.add_argument("--storage", default="", help="folder or bucket URI (s3://bucket/prefix) for sweep "
+                   "files and Ray's trial checkpoints; credentials from AWS_* variables (default: ./runs)")
     p.add_argument("--name", default="", help="sweep name (default: <task>-<preset>-<time>)")
     p.add_argument("--resume", default="", metavar="NAME", help="continue the interrupted sweep NAME")
     p.add_argument("--spaces", default="", help="folder of search-space YAML files (default: the "
                    "repository's search_spaces/)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and compute estimate only")
+    p.add_argument("--max-trials", type=int, default=1000, help="refuse a sweep of more trials than "
+                   "this, a guard against typos such as --seeds 400 (default: 1000)")
     p.add_argument("--tracking-uri", default="", help="MLflow URI (default: $MLFLOW_TRACKING_URI, "
                    "else sqlite under --storage)")
 
@@ -303,6 +402,8 @@ def build_parser() -> Parser:
     trial.add_argument("--set", type=parse_setting, action="append", default=[], metavar="KEY=VALUE",
                        help="method hyperparameter, repeatable: --set rank=16 --set reg=1e-4")
     trial.add_argument("--out", default="", help="trial folder (default: runs/trials/<method>-lr<lr>-...)")
+    trial.add_argument("--overwrite", action="store_true", help="replace the trial in an --out folder that "
+                       "holds one")
     add_trial_options(trial)
     run = sub.add_parser("run", help="sweep methods over learning rates on Ray Tune, tracked in MLflow")
     add_run_options(run)
@@ -311,7 +412,7 @@ def build_parser() -> Parser:
     report.add_argument("name", help="sweep name (see the sweep folders under --storage)")
     report.add_argument("--task", default="gsm8k", help="task of the sweep (default: gsm8k)")
     add_tasks_dir(report)
-    report.add_argument("--storage", default="", help="sweeps folder (default: ./runs)")
+    report.add_argument("--storage", default="", help="sweeps folder or bucket URI (default: ./runs)")
     report.add_argument("--tracking-uri", default="", help="MLflow URI (default: as for harness run)")
     report.add_argument("--metric", default="auto", choices=("auto", "val_loss", "accuracy"),
                         help="score: auto = accuracy when >= 200 GSM8K questions were scored, else val_loss")
@@ -322,7 +423,8 @@ def build_parser() -> Parser:
     report.add_argument("--reference-lr", type=parse_number, default=None,
                         help="shared reference learning rate (default: LoRA's best)")
     report.add_argument("--target-loss", type=parse_number, default=None,
-                        help="convergence target val loss (default: LoRA's final loss at its best lr)")
+                        help="convergence target val loss (default: the highest final loss of any method at "
+                        "its best lr, which every method reaches)")
     nightly = sub.add_parser("nightly", help="run a nightly suite and compare it with the last night and the "
                              "pinned baseline; exit code 1 on a regression")
     nightly.add_argument("--config", required=True, help="suite YAML (see examples/nightly/)")
@@ -344,10 +446,12 @@ COMMANDS = {"methods": cmd_methods, "trial": cmd_trial, "run": cmd_run, "report"
 def main(argv=None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        if args.command in ("trial", "run", "nightly"):  # before any import writes its cache there
+            writable("HOME (the model, data and library caches)", Path.home())
         quiet_libraries()
         return COMMANDS[args.command](args) or 0
     except UsageError as err:
-        print(f"harness: error: {err}", file=sys.stderr)
+        print(f"harness: error: {' '.join(str(err).split())[:2000]}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("harness: interrupted", file=sys.stderr)

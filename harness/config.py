@@ -5,12 +5,59 @@ decided by the tasks layer (harness.tasks.resolve), which then calls `fill` here
 
 import math
 import os
+import re
+import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+
+import yaml
 
 
 class UsageError(Exception):
     """Bad input: the CLI prints the message on one line and exits with code 2."""
+
+
+def quote(value, limit: int = 100) -> str:
+    """A user's value for an error line: its repr, cut to `limit` characters (a value may be huge)."""
+    text = repr(value) if not isinstance(value, str) or len(value) <= 10 * limit else repr(value[:10 * limit])
+    return text if len(text) <= limit else text[:limit] + "...(cut)"
+
+
+NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+
+
+def check_name(what: str, name) -> str:
+    """A name used as a folder and in MLflow filters: no path separators, `..`, quotes or spaces."""
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        raise UsageError(f"{what} must be a name of letters, digits, '.', '_' or '-' (at most 128, not "
+                         f"starting with '.' or '-'), got {quote(name)}")
+    return name
+
+
+class PlainLoader(yaml.SafeLoader):
+    """Plain YAML values only: no tags (SafeLoader) and no aliases, so a few hundred bytes of nested
+    aliases (a "billion laughs" file) cannot expand into gigabytes."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.constructor.ConstructorError(None, None, "YAML aliases (*name) are not allowed", mark)
+        return super().compose_node(parent, index)
+
+
+def writable(what: str, folder: Path):
+    """The folder, or the nearest existing folder above it, must let us create files."""
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    try:  # a file made and removed at once: os.access says yes to root on read-only file systems
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError:
+        raise UsageError(f"{what} {quote(str(folder))} is not writable ({quote(str(existing))} is not a "
+                         f"folder we may write in): use a folder you can write to")
+
+
+def load_yaml(text: str):
+    """yaml.safe_load without aliases (PlainLoader); errors are yaml.YAMLError."""
+    return yaml.load(text, Loader=PlainLoader)
 
 
 # Per-preset defaults of the trial fields. `model` names a hub id, a local folder,
@@ -106,12 +153,14 @@ def positive(name: str, value, *, allow_zero=False):
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
-        raise UsageError(f"{name} must be a number {bound}, got {value!r}")
+        raise UsageError(f"{name} must be a number {bound}, got {quote(value)}")
     return value
 
 
 def validate(cfg: TrialConfig):
     """Checks of a filled config that need no task (the task checks the rest)."""
+    if not isinstance(cfg.seed, int) or not 0 <= cfg.seed < 2**32 - 1000:
+        raise UsageError(f"--seed must be a whole number from 0 to 2**32 - 1000, got {quote(cfg.seed)}")
     if cfg.lr is None:
         raise UsageError(f"--lr is required for task {cfg.task}: pass the learning rate")
     positive("--lr", cfg.lr)
@@ -120,19 +169,19 @@ def validate(cfg: TrialConfig):
     for name in ("train_size", "warmup_steps", "warmup_ratio", "max_grad_norm", "weight_decay", "eval_limit"):
         positive(name, getattr(cfg, name), allow_zero=True)
     if cfg.schedule not in SCHEDULES:
-        raise UsageError(f"unknown schedule {cfg.schedule!r}: use {', '.join(SCHEDULES)}")
+        raise UsageError(f"unknown schedule {quote(cfg.schedule)}: use {', '.join(SCHEDULES)}")
     if cfg.warmup_steps and cfg.warmup_ratio:
         raise UsageError(f"warmup_steps {cfg.warmup_steps} and warmup_ratio {cfg.warmup_ratio:g} both set: "
                          f"give one of --warmup-steps or --warmup-ratio")
     if cfg.warmup_ratio >= 1:
         raise UsageError(f"--warmup-ratio {cfg.warmup_ratio:g} must be below 1 (a fraction of the steps)")
     if cfg.data_dir and not Path(cfg.data_dir).is_dir():
-        raise UsageError(f"data folder {cfg.data_dir} does not exist: pass --data-dir with a folder "
+        raise UsageError(f"data folder {quote(cfg.data_dir)} does not exist: pass --data-dir with a folder "
                          f"holding the task's data (for gsm8k: gsm8k/train.jsonl and test.jsonl)")
     if cfg.device not in ("auto", "cpu", "cuda") and not cfg.device.startswith("cuda:"):
-        raise UsageError(f"unknown device {cfg.device!r}: use auto, cpu or cuda")
+        raise UsageError(f"unknown device {quote(cfg.device)}: use auto, cpu or cuda")
     if cfg.dtype not in ("auto", "float32", "bfloat16", "float16"):
-        raise UsageError(f"unknown dtype {cfg.dtype!r}: use auto, float32, bfloat16 or float16")
+        raise UsageError(f"unknown dtype {quote(cfg.dtype)}: use auto, float32, bfloat16 or float16")
 
 
 def trial_spec(config: dict) -> dict:

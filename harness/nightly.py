@@ -26,7 +26,7 @@ from pathlib import Path
 import yaml
 from matplotlib.figure import Figure
 
-from harness.config import PRESETS, TrialConfig, UsageError
+from harness.config import PRESETS, TrialConfig, UsageError, load_yaml, quote
 from reports import statistics as stats
 from reports.plots import lr_label
 from reports.robustness import METRICS
@@ -44,9 +44,10 @@ def load_suite(path: str) -> dict:
     if not file.is_file():
         raise UsageError(f"nightly config {path} does not exist: pass --config with a suite YAML")
     try:
-        suite = yaml.safe_load(file.read_text())
-    except yaml.YAMLError:
-        raise UsageError(f"nightly config {path} is not valid YAML: fix the file") from None
+        suite = load_yaml(file.read_text())
+    except yaml.YAMLError as err:
+        raise UsageError(f"nightly config {path} is not valid YAML ({getattr(err, 'problem', None) or 'a syntax error'}): "
+                         f"fix the file") from None
     if not isinstance(suite, dict):
         raise UsageError(f"nightly config {path} must be a mapping with {', '.join(REQUIRED)}")
     try:
@@ -54,7 +55,7 @@ def load_suite(path: str) -> dict:
     except UsageError as err:
         raise UsageError(f"nightly config {path}: {err}") from None
     for key in ("data_dir", "storage"):  # relative to the suite file, so cron can run from anywhere
-        if suite.get(key):
+        if suite.get(key) and "://" not in suite[key]:  # a bucket URI stays as it is
             suite[key] = str((file.parent / suite[key]).resolve())
     suite.setdefault("metric", "val_loss")
     suite.setdefault("loss_tol", 0.05)
@@ -71,7 +72,7 @@ def check_suite(suite: dict):
             raise UsageError(f"field {key} is missing: add `{key}: ...`")
     unknown = sorted(set(suite) - set(REQUIRED) - set(OPTIONAL), key=str)
     if unknown:
-        raise UsageError(f"unknown field {str(unknown[0])[:100]!r}: use {', '.join(REQUIRED + OPTIONAL)}")
+        raise UsageError(f"unknown field {quote(unknown[0])}: use {', '.join(REQUIRED + OPTIONAL)}")
     for key in ("suite", "baseline"):
         if key in suite:
             check_name(f"field {key}", suite[key])
@@ -114,7 +115,7 @@ def check_overrides(overrides):
     allowed = {f.name for f in fields(TrialConfig)} - {"method", "lr", "task", "preset", "data_dir", "hparams"}
     for key, value in overrides.items():
         if key not in allowed:
-            raise UsageError(f"unknown override {str(key)[:100]!r}: use {', '.join(sorted(allowed))}")
+            raise UsageError(f"unknown override {quote(key)}: use {', '.join(sorted(allowed))}")
         if not isinstance(value, (str, int, float, bool)):
             raise UsageError(f"field overrides.{key} must be a number or text, got {_quote(value)}")
 
@@ -137,7 +138,7 @@ def _number(x) -> bool:
 
 
 def _quote(value) -> str:
-    return repr(value)[:100]
+    return quote(value)
 
 
 # --- nights in MLflow ---------------------------------------------------------------------------
@@ -159,14 +160,14 @@ def night_run(uri: str, suite: dict, night: str) -> str:
     from harness import tracking
     check_name("the night", night)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        raise UsageError(f"no night named {night!r} of suite {suite['suite']}: no store at {uri}: run a night "
+        raise UsageError(f"no night named {quote(night)} of suite {suite['suite']}: no store at {uri}: run a night "
                          f"first, or check storage and tracking_uri")
     mlf = tracking.client(uri)
     exp = mlf.get_experiment_by_name(suite["task"])
     runs = _nights(mlf, exp.experiment_id, suite["suite"], f" and tags.`harness.sweep` = '{night}'") if exp else []
     if not runs:
         recent = recent_nights(mlf, exp.experiment_id, suite["suite"])[:3] if exp else []
-        raise UsageError(f"no night named {night!r} of suite {suite['suite']} in {tracking.redact(uri)}: "
+        raise UsageError(f"no night named {quote(night)} of suite {suite['suite']} in {tracking.redact(uri)}: "
                          + (f"pick one such as {', '.join(recent)}" if recent else "run a night first"))
     if runs[0].info.status != "FINISHED":
         raise UsageError(f"night {night} did not finish (status {runs[0].info.status}): pick a finished night")

@@ -8,8 +8,8 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
-from harness import tracking
-from harness.config import TrialConfig, UsageError
+from harness import storage, tracking
+from harness.config import TrialConfig, UsageError, check_name, quote
 
 CONFIG_FILE = "sweep.json"
 # May differ on resume: where the sweep runs, not what it runs (and the template's method, which
@@ -20,16 +20,18 @@ WHERE = ("storage", "address", "resume", "method")
 def save(sc):
     """The tracking URI is saved without its password (give it again on resume)."""
     saved = {**asdict(sc), "tracking_uri": tracking.redact(sc.tracking_uri)}
-    (sc.path / CONFIG_FILE).write_text(json.dumps(saved, indent=2))
+    storage.write_text(storage.join(sc.path, CONFIG_FILE), json.dumps(saved, indent=2))
 
 
-def load(storage: str, name: str):
-    """The saved config of sweep `name`, set to resume."""
+def load(where: str, name: str):
+    """The saved config of sweep `name` under the storage `where` (a folder or bucket URI), set to resume."""
     from harness.sweep import SweepConfig
-    path = Path(storage or "runs").resolve() / name / CONFIG_FILE
-    if not path.is_file():
-        raise UsageError(f"no sweep named {name!r} under {path.parents[1]}: check --resume and --storage")
-    saved = json.loads(path.read_text())
+    root = storage.location(where)
+    storage.check(root)
+    path = storage.join(root, check_name("--resume", name), CONFIG_FILE)
+    if not storage.exists(path):
+        raise UsageError(f"no sweep named {quote(name)} under {root}: check --resume and --storage")
+    saved = json.loads(storage.read_text(path))
     return SweepConfig(**{**saved, "trial": TrialConfig(**saved["trial"]), "resume": True})
 
 

@@ -10,14 +10,17 @@ from pathlib import Path
 import yaml
 
 import methods
-from harness.config import PRESETS, UsageError, positive
+from harness.config import PRESETS, UsageError, load_yaml, positive, quote
 
 FOLDER = Path(__file__).resolve().parents[1] / "search_spaces"
 
 
 def _read(path: Path):
+    if not path.is_file():
+        raise UsageError(f"{path} is missing: a search-space folder needs it (copy "
+                         f"{FOLDER / path.name} and edit it)")
     try:
-        return yaml.safe_load(path.read_text())
+        return load_yaml(path.read_text())
     except yaml.YAMLError as err:
         line = getattr(getattr(err, "problem_mark", None), "line", None)
         where = f" line {line + 1}" if line is not None else ""
@@ -57,7 +60,7 @@ def load(folder: Path = FOLDER) -> dict[str, dict]:
 
 def _check_grid(path, key, grid, method):
     if key != "grid" and key not in PRESETS:
-        raise UsageError(f"{path}: unknown field {key!r}: use method, grid or a preset name "
+        raise UsageError(f"{path}: unknown field {quote(key)}: use method, grid or a preset name "
                          f"({', '.join(PRESETS)})")
     if not isinstance(grid, dict):
         raise UsageError(f"{path}: field {key} must map hyperparameters to lists of values")

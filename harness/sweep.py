@@ -4,23 +4,25 @@ Each trial trains one (method, lr, seed, hyperparameters) config, reports valida
 every interval, then is scored by its task (lm-eval on GSM8K for the LLM tasks). MLflow records
 are written from the driver."""
 
+import fnmatch
 import json
 import logging
 import logging.handlers
 import os
 import socket
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from ray.tune import Callback
-
 import methods
-from harness import resume, search, spaces, tasks, tracking
-from harness.config import TrialConfig, UsageError, positive, trial_spec
-from harness.search import DIVERGED
+from harness import resume, search, spaces, storage, tasks, tracking
+from harness.config import TrialConfig, UsageError, check_name, positive, quote, trial_spec, writable
+from harness.progress import Progress
 from harness.tasks import preset_hparams, resolve
+
+LISTED = 200     # a dry run lists the trials of a grid up to this many, else summarizes it
 
 
 @dataclass
@@ -40,23 +42,24 @@ class SweepConfig:
     max_concurrent: int = 0
     max_failures: int = 1
     address: str = ""
-    storage: str = ""
+    storage: str = ""               # a folder or a bucket URI (harness/storage.py)
     tracking_uri: str = ""
     resume: bool = False
     spaces: str = ""                # search-space folder (default: the repository's search_spaces/)
 
     @property
-    def path(self) -> Path:
-        return Path(self.storage) / self.name
+    def path(self) -> str:
+        """The sweep's location: <storage>/<name>."""
+        return storage.join(self.storage, self.name)
 
 
 def prepare(sc: SweepConfig) -> list[dict]:
     """Validate everything before anything starts; returns the grid plan (for refine, its first
     round: the coarse ladder of every line; empty for optuna)."""
     if sc.search not in ("grid", "optuna", "refine"):
-        raise UsageError(f"unknown search {sc.search!r}: use grid, optuna or refine")
+        raise UsageError(f"unknown search {quote(sc.search)}: use grid, optuna or refine")
     if sc.scheduler not in ("none", "asha"):
-        raise UsageError(f"unknown scheduler {sc.scheduler!r}: use none or asha")
+        raise UsageError(f"unknown scheduler {quote(sc.scheduler)}: use none or asha")
     for name in ("trials", "seeds"):
         positive(f"--{name}", getattr(sc, name))
     for name in ("cpus_per_trial", "gpus_per_trial", "max_concurrent", "max_failures"):
@@ -69,12 +72,13 @@ def prepare(sc: SweepConfig) -> list[dict]:
     sc.spaces = str(folder)
     task = tasks.get(sc.trial.task)
     sc.lrs = [positive("--lrs value", lr) for lr in sc.lrs] or task.ladder(sc.trial.preset, folder)
-    if "://" in sc.storage:
-        raise UsageError(f"--storage {sc.storage} is a URI: pass a folder (on clusters, a folder "
-                         f"on a file system shared by every node)")
-    sc.storage = str(Path(sc.storage or "runs").resolve())
-    sc.name = sc.name or f"{sc.trial.task}-{sc.trial.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
-    exists = (sc.path / "tuner.pkl").exists()
+    sc.storage = storage.location(sc.storage)
+    storage.check(sc.storage)
+    sc.name = check_name("--name", sc.name or f"{sc.trial.task}-{sc.trial.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if not storage.is_uri(sc.storage):
+        writable("--storage", Path(sc.storage))
+    sc.tracking_uri = tracking.resolve_uri(sc.tracking_uri, sc.storage)  # before any file is written
+    exists = storage.exists(storage.join(sc.path, "tuner.pkl"))
     if sc.resume and not exists:
         raise UsageError(f"no sweep named {sc.name!r} under {sc.storage}: check --name/--storage, "
                          f"or start it without --resume")
@@ -84,7 +88,6 @@ def prepare(sc: SweepConfig) -> list[dict]:
     _check_address(sc)
     _check_gpus(sc)
     task.preflight(sc.trial)
-    sc.tracking_uri = tracking.resolve_uri(sc.tracking_uri, Path(sc.storage))
     seeds = list(range(sc.trial.seed, sc.trial.seed + sc.seeds))
     plan = spaces.plan(sc.methods, sc.trial.preset, sc.lrs, seeds, method_spaces(sc))
     for entry in plan:  # the preset's hyperparameters under the grid's, recorded with each trial
@@ -146,10 +149,16 @@ def trial_count(sc: SweepConfig, plan: list[dict]) -> int:
 def describe(sc: SweepConfig, plan: list[dict]) -> str:
     """The dry-run text: trials, resources, and a rough compute estimate."""
     t = sc.trial
-    lines = [f"sweep {sc.name}: task {t.task}, preset {t.preset}, model {t.model}, search {sc.search}, "
-             f"scheduler {sc.scheduler}", f"storage {sc.path}"]
     count = trial_count(sc, plan)
-    if sc.search == "grid":
+    lines = [f"{'at most ' if sc.search == 'refine' else ''}{count} trials", f"sweep {sc.name}: task {t.task}, preset {t.preset}, model {t.model}, "
+             f"search {sc.search}, scheduler {sc.scheduler}", f"storage {sc.path}"]
+    if sc.search == "grid" and count > LISTED:  # a summary: thousands of lines would hide the count
+        for m in sc.methods:
+            mine = [e for e in plan if e["method"] == m]
+            combos = {json.dumps(e["hparams"], sort_keys=True) for e in mine}
+            lines.append(f"  {m:<11} {len(mine)} trials: {len({e['lr'] for e in mine})} lr rungs x "
+                         f"{len({e['seed'] for e in mine})} seeds x {len(combos)} hyperparameter combinations")
+    elif sc.search == "grid":
         for i, e in enumerate(plan, 1):
             hp = " ".join(f"{k}={v}" for k, v in e["hparams"].items())
             lines.append(f"  {i:>3}. {e['method']:<11} lr={e['lr']:<8g} seed={e['seed']} {hp}")
@@ -189,48 +198,64 @@ def _resources(sc: SweepConfig) -> tuple[float, float]:
     return tasks.get(sc.trial.task).resources(sc.cpus_per_trial, sc.gpus_per_trial, bool(sc.address))
 
 
+def placement() -> dict:
+    """Where this trial runs: its Ray node, host, and the GPU ids Ray gave it (tags of its run)."""
+    import ray
+    devices = os.environ.get("CUDA_VISIBLE_DEVICES") or ",".join(map(str, ray.get_gpu_ids()))
+    return {"ray.node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(),
+            "cuda_visible_devices": devices or "none"}
+
+
 def train_trial(config: dict, base: dict):
-    """The Tune trial: train, report every interval, score, report the final result."""
+    """The Tune trial: train, report every interval, score, and report the final result with the
+    trial's files (adapter, metrics, samples) as its checkpoint. The files are written to a local
+    folder: Ray persists the checkpoint to the sweep's storage, from any node, and the driver
+    records them in MLflow from there."""
     import ray.tune
     import torch
 
     torch.set_num_threads(max(1, int(base["cpus"])))  # Ray may cap threads at 1 otherwise
-    spec = trial_spec(config)
-    # Under the sweep folder, not Ray's trial dir: on a cluster that one is on the worker's disk.
-    out = str(Path(base["sweep_dir"], "trials", ray.tune.get_context().get_trial_name()))
-    cfg = resolve(TrialConfig(**{**base["trial"], **spec, "out": out,   # finds --tasks-dir tasks too
-                                 "init_cache": str(Path(base["sweep_dir"], "inits"))}))
-    task = tasks.get(cfg.task)
-    last = {"val_loss": None}
+    where = placement()
+    # The init cache is a folder of the sweep's; on a bucket, each trial computes its own init.
+    cache = "" if storage.is_uri(base["sweep_dir"]) else str(Path(base["sweep_dir"], "inits"))
+    with tempfile.TemporaryDirectory(prefix="harness-trial-") as out:
+        cfg = resolve(TrialConfig(**{**base["trial"], **trial_spec(config), "out": out,   # finds --tasks-dir tasks too
+                                     "init_cache": cache}))
+        task = tasks.get(cfg.task)
+        last = {"val_loss": None}
 
-    def report(point):
-        last["val_loss"] = point.get("val_loss", last["val_loss"])
-        diverged = "val_loss" not in point
-        ray.tune.report({**point, "val_loss": last["val_loss"], "status": "diverged" if diverged else "running",
-                         "objective": DIVERGED if diverged else point["val_loss"]})
+        def report(point):
+            last["val_loss"] = point.get("val_loss", last["val_loss"])
+            diverged = "val_loss" not in point
+            ray.tune.report({**point, **where, "val_loss": last["val_loss"],
+                             "status": "diverged" if diverged else "running",
+                             "objective": DIVERGED if diverged else point["val_loss"]})
 
-    try:
-        result = task.run(cfg, report=report)
-    except torch.OutOfMemoryError as err:  # the allocation that failed is no help: name the fix
-        raise torch.OutOfMemoryError(f"out of memory: {err}: lower --batch-size or --max-length, or "
-                                     f"give the trial more memory (--gpus-per-trial)") from err
-    scores = task.score(cfg) if result["status"] == "finished" else {}
-    objective = result["val_loss"] if result["status"] == "finished" else DIVERGED
-    ray.tune.report({**{k: v for k, v in result.items() if v is not None}, **scores,
-                     "final": 1, "objective": objective, "out": out})
+        try:
+            result = task.run(cfg, report=report)
+        except torch.OutOfMemoryError as err:  # the allocation that failed is no help: name the fix
+            raise torch.OutOfMemoryError(f"out of memory: {err}: lower --batch-size or --max-length, or "
+                                         f"give the trial more memory (--gpus-per-trial)") from err
+        scores = task.score(cfg) if result["status"] == "finished" else {}
+        objective = result["val_loss"] if result["status"] == "finished" else DIVERGED
+        ray.tune.report({**{k: v for k, v in result.items() if v is not None}, **scores, **where,
+                         "final": 1, "objective": objective},
+                        checkpoint=ray.tune.Checkpoint.from_directory(out))  # uploaded before it returns
 
 
 def build_tuner(sc: SweepConfig, plan: list[dict], parent_id: str):
     from ray import tune
     cpus, gpus = _resources(sc)
     template = {k: v for k, v in asdict(sc.trial).items() if k not in ("method", "lr", "seed", "hparams", "out")}
-    base = {"trial": template, "cpus": cpus, "sweep_dir": str(sc.path)}
+    base = {"trial": template, "cpus": cpus}
     trainable = tune.with_resources(tune.with_parameters(train_trial, base=base), {"cpu": cpus, "gpu": gpus})
+    fs, path = storage.resolve(sc.storage)
+    fs = fs if storage.is_uri(sc.storage) else None  # Ray's own handling of local folders
     if sc.resume:
         tracking.Tracker.uri = sc.tracking_uri  # not pickled with the tracker
-        return tune.Tuner.restore(str(sc.path), trainable, resume_errored=True)
+        return tune.Tuner.restore(f"{path}/{sc.name}", trainable, resume_errored=True, storage_filesystem=fs)
     total = trial_count(sc, plan)
-    callbacks = [tracking.Tracker(sc.tracking_uri, sc.trial.task, sc.name, parent_id), Progress(total)]
+    callbacks = [tracking.Tracker(sc.tracking_uri, sc.trial.task, sc.name, parent_id), Progress(total, sc.trial.steps)]
     tune_config = dict(max_concurrent_trials=sc.max_concurrent or None,
                        reuse_actors=tasks.get(sc.trial.task).reuse_workers)
     objective = dict(metric="objective", mode="min")  # given to the searcher and scheduler themselves
@@ -253,7 +278,7 @@ def build_tuner(sc: SweepConfig, plan: list[dict], parent_id: str):
         reports = sc.trial.steps // sc.trial.eval_interval + 2
         tune_config["scheduler"] = ASHAScheduler(max_t=reports, grace_period=max(1, reports // 3),
                                                  reduction_factor=2, **objective)
-    run_config = tune.RunConfig(name=sc.name, storage_path=sc.storage, verbose=0, callbacks=callbacks,
+    run_config = tune.RunConfig(name=sc.name, storage_path=path, storage_filesystem=fs, verbose=0, callbacks=callbacks,
                                 failure_config=tune.FailureConfig(max_failures=sc.max_failures))
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune.TuneConfig(**tune_config),
                       run_config=run_config)
@@ -303,9 +328,21 @@ def hold_logs() -> logging.handlers.MemoryHandler:
     return held
 
 
-def log_to_file(path: Path, held: logging.handlers.MemoryHandler):
-    """Library logging, and what `held` kept, goes to <sweep>/harness.log."""
+def log_file(sc: SweepConfig) -> Path:
+    """<sweep>/harness.log in a folder; with a bucket, a local file that is copied to
+    <sweep>/harness.log when the sweep ends (a bucket cannot be appended to)."""
+    if not storage.is_uri(sc.storage):
+        return Path(sc.path, "harness.log")
+    return Path(tempfile.gettempdir(), "harness", sc.name, "harness.log")
+
+
+def log_to_file(sc: SweepConfig, held: logging.handlers.MemoryHandler):
+    """Library logging, and what `held` kept, goes to the sweep's log (continued on resume)."""
+    path = log_file(sc)
     path.parent.mkdir(parents=True, exist_ok=True)
+    saved = storage.join(sc.path, "harness.log")
+    if storage.is_uri(sc.storage):  # the bucket's copy, or a new log
+        path.write_bytes(storage.read_bytes(saved) if storage.exists(saved) else b"")
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     held.setTarget(handler)
@@ -318,7 +355,7 @@ def run(sc: SweepConfig, plan: list[dict], tags: dict | None = None) -> list[dic
     import ray
     held = hold_logs()
     start_ray(sc)  # before any file: an unreachable cluster must leave no run or folder behind
-    log_to_file(sc.path / "harness.log", held)
+    log_to_file(sc, held)
     if not sc.resume:
         resume.save(sc)
     parent_id = tracking.start_sweep(sc.tracking_uri, sc.trial.task, sc.name, run_params(sc), tags or {})
@@ -330,17 +367,21 @@ def run(sc: SweepConfig, plan: list[dict], tags: dict | None = None) -> list[dic
     finally:
         tracking.finish_sweep(sc.tracking_uri, parent_id, status)
         ray.shutdown()
+        if storage.is_uri(sc.storage):
+            storage.write_bytes(storage.join(sc.path, "harness.log"), log_file(sc).read_bytes())
     rows.sort(key=lambda r: (r["method"], r["lr"], r["seed"]))
-    (sc.path / "results.json").write_text(json.dumps(rows, indent=2))
+    storage.write_text(storage.join(sc.path, "results.json"), json.dumps(rows, indent=2))
     if sc.search == "refine":
-        (sc.path / "refine.json").write_text(json.dumps(search.results(refine_state(sc.path)), indent=2))
+        storage.write_text(storage.join(sc.path, "refine.json"),
+                           json.dumps(search.results(refine_state(sc.path)), indent=2))
     return rows
 
 
-def refine_state(path: Path) -> dict:
+def refine_state(path: str) -> dict:
     """The refine searcher's last checkpoint (Tune writes one per driver session; the newest wins)."""
-    files = sorted(path.glob(search.Refine.CKPT_FILE_TMPL.format("*")))
-    return json.loads(files[-1].read_text())
+    pattern = search.Refine.CKPT_FILE_TMPL.format("*")
+    files = [name for name in storage.listdir(path) if fnmatch.fnmatch(name, pattern)]
+    return json.loads(storage.read_text(storage.join(path, files[-1])))
 
 
 def run_params(sc: SweepConfig) -> dict:
@@ -364,52 +405,3 @@ def summary_row(result) -> dict:
     if result.error:
         row["error"] = str(result.error).strip().splitlines()[-1][:300]
     return row
-
-
-def table(rows: list[dict]) -> str:
-    def fmt(v, spec):
-        return format(v, spec) if isinstance(v, (int, float)) else "-"
-    lines = [f"{'method':<11} {'lr':>8} {'seed':>4} {'status':<9} {'val_loss':>8} {'strict':>6} {'flex':>6}  hparams"]
-    for r in rows:
-        hp = " ".join(f"{k}={v}" for k, v in r["hparams"].items())
-        lines.append(f"{r['method']:<11} {r['lr']:>8g} {r['seed']:>4} {r['status']:<9} "
-                     f"{fmt(r['val_loss'], '8.4g')} {fmt(r['gsm8k_strict'], '6.3f')} "
-                     f"{fmt(r['gsm8k_flexible'], '6.3f')}  {hp}")
-    return "\n".join(lines)
-
-
-class Progress(Callback):
-    """One compact live status line: counts by state and the best trial so far per method."""
-
-    def __init__(self, total: int):
-        self.total, self.state, self.best, self.shown = total, {}, {}, ""
-        self.tty = sys.stdout.isatty()
-
-    def on_trial_start(self, iteration, trials, trial, **info):
-        self.state[trial.trial_id] = "running"
-
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        if result.get("status") == "diverged":
-            self.state[trial.trial_id] = "diverged"
-        if result.get("final") and result.get("status") == "finished":
-            spec = trial_spec(trial.config)
-            best = self.best.get(spec["method"])
-            if best is None or result["val_loss"] < best[0]:
-                self.best[spec["method"]] = (result["val_loss"], spec["lr"])
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        if self.state.get(trial.trial_id) != "diverged":
-            self.state[trial.trial_id] = "done"
-
-    def on_trial_error(self, iteration, trials, trial, **info):
-        self.state[trial.trial_id] = "failed"
-
-    def on_step_end(self, iteration, trials, **info):
-        counts = {s: sum(v == s for v in self.state.values()) for s in ("done", "running", "failed", "diverged")}
-        best = " · ".join(f"{m} {v:.3f}@{lr:g}" for m, (v, lr) in sorted(self.best.items()))
-        line = (f"trials {counts['done'] + counts['failed'] + counts['diverged']}/{self.total}: "
-                f"{counts['done']} done, {counts['running']} running, {counts['failed']} failed, "
-                f"{counts['diverged']} diverged" + (f" | best val_loss: {best}" if best else ""))
-        if line != self.shown:
-            print(("\r" + line + " " * 8) if self.tty else line, end="" if self.tty else "\n", flush=True)
-            self.shown = line

@@ -22,8 +22,8 @@ from pathlib import Path
 
 from ray.tune import Callback
 
-from harness import tasks
-from harness.config import UsageError, trial_spec
+from harness import storage, tasks
+from harness.config import UsageError, quote, trial_spec, writable
 
 # lr_now: the scheduled learning rate at that step (the trial's lr is a param).
 STEP_METRICS = ("train_loss", "val_loss", "lr_now", "grad_norm", "tokens_per_s", "peak_mem_mb", "alignment")
@@ -33,6 +33,7 @@ FINAL_METRICS = ("val_loss_init", "best_val_loss", "step_seconds", "grad_seconds
 # a summary run holds <metric>_mean, _std, _n of each over its finished seeds
 SUMMARY_METRICS = ("val_loss",) + FINAL_METRICS
 SETTLED = ("finished", "diverged", "failed", "stopped")
+PLACEMENT = ("ray.node_id", "host", "cuda_visible_devices")  # reported by each trial, tags of its run
 PACKAGES = ("torch", "transformers", "peft", "ray", "optuna", "lm_eval", "mlflow", "datasets")
 
 
@@ -41,10 +42,25 @@ def redact(uri: str) -> str:
     return re.sub(r"(//[^/:@]+:)[^/@]+@", r"\1***@", uri)
 
 
-def resolve_uri(uri: str, root: Path) -> str:
+STORES = ("http://", "https://", "sqlite:///", "file:///", "postgresql://", "mysql://", "mssql://", "databricks")
+
+
+def resolve_uri(uri: str, root: str) -> str:
+    """The tracking URI, checked before anything is written: a known scheme, a server that answers,
+    an SQLite file in a folder we may write in (by default in the storage folder `root`)."""
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not uri and storage.is_uri(root):
+        raise UsageError(f"--storage {root[:100]} is a bucket, which cannot hold the SQLite store: pass "
+                         f"--tracking-uri http://HOST:PORT of an mlflow server (docs/clusters.md)")
     if not uri:
-        return f"sqlite:///{(root / 'mlflow.db').resolve()}"
+        return f"sqlite:///{Path(root, 'mlflow.db').resolve()}"
+    if not uri.startswith(STORES):
+        raise UsageError(f"tracking URI {quote(redact(uri))} is not one MLflow can use: pass --tracking-uri "
+                         f"(or MLFLOW_TRACKING_URI) as http(s)://host:port, sqlite:////abs/path.db or file:///abs/folder")
+    if uri.startswith("sqlite:///"):  # sqlite:///relative.db or sqlite:////absolute.db
+        writable("tracking store", Path(uri.removeprefix("sqlite:///")).resolve().parent)
+    if uri.startswith("file:///"):
+        writable("tracking store", Path(uri.removeprefix("file://")))
     if uri.startswith(("http://", "https://")):
         # urllib takes user:password@ for part of the host name: check the server without them
         # (its /health needs no login).
@@ -73,15 +89,40 @@ def client(uri: str):
     return mlf
 
 
+# MLflow's UI opens an experiment by its kind: training runs, not the GenAI overview (MLflow 3)
+KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
 def experiment_id(mlf, task: str) -> str:
     found = mlf.get_experiment_by_name(task)
     if found:
+        if found.tags.get(KIND[0]) != KIND[1]:
+            mlf.set_experiment_tag(found.experiment_id, *KIND)
         return found.experiment_id
     uri = mlf.tracking_uri
     # A SQLite store would put artifacts in ./mlruns of whatever folder the driver runs in.
     artifacts = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri() \
         if uri.startswith("sqlite:///") else None
-    return mlf.create_experiment(task, artifact_location=artifacts)
+    return mlf.create_experiment(task, artifact_location=artifacts, tags=dict([KIND]))
+
+
+def runs_link(uri: str, task: str, sweep: str = "", base: str = "http://127.0.0.1:5000") -> str:
+    """The UI's runs table of a sweep's trials (of every sweep without one), flat and best first.
+    MLflow 3.17's UI opens experiments in its GenAI view unless the URL asks for the training
+    view (workflowType), and nests child runs under a collapsed parent unless the table is sorted
+    by something other than time: by val_loss, every trial is a row, and the chart view plots the
+    ten best."""
+    exp = client(uri).get_experiment_by_name(task).experiment_id
+    query = "tags.`harness.kind` = 'trial'" + (f" and tags.`harness.sweep` = '{sweep}'" if sweep else "")
+    return f"{base}/#/experiments/{exp}/runs?" + urllib.parse.urlencode(
+        {"workflowType": "machine_learning", "searchFilter": query, "orderByKey": "metrics.`val_loss`",
+         "orderByAsc": "true"}, quote_via=urllib.parse.quote)
+
+
+def experiment_links(uri: str, base: str) -> list[tuple[str, str]]:
+    """(experiment, runs_link) of every experiment of the store but MLflow's empty Default."""
+    return [(e.name, runs_link(uri, e.name, base=base)) for e in client(uri).search_experiments()
+            if e.name != "Default"]
 
 
 def find_run(mlf, exp_id: str, **tags) -> str | None:
@@ -138,6 +179,12 @@ def finish_sweep(uri: str, run_id: str, status: str = "FINISHED"):
     client(uri).set_terminated(run_id, status)
 
 
+def name_sweep(uri: str, run_id: str, sweep: str, headline: str):
+    """Name the parent run after what the sweep found: MLflow's runs table shows run names, and
+    only the parent's until its children are expanded."""
+    client(uri).update_run(run_id, name=f"{sweep}: {headline}"[:250])
+
+
 def _value(text: str):
     """A param string back to its type (MLflow stores params as text)."""
     for kind in (int, float):
@@ -154,7 +201,7 @@ def sweep_rows(uri: str, task: str, name: str) -> tuple[str, dict, list[dict]]:
     exp = mlf.get_experiment_by_name(task)
     parent = find_run(mlf, exp.experiment_id, **{"harness.sweep": name, "harness.kind": "sweep"}) if exp else None
     if parent is None:
-        raise UsageError(f"no sweep named {name!r} for task {task} in {redact(uri)}: "
+        raise UsageError(f"no sweep named {quote(name)} for task {task} in {redact(uri)}: "
                          f"check the name, --task and --tracking-uri")
     runs = mlf.search_runs([exp.experiment_id], max_results=50000,
                            filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")
@@ -171,6 +218,7 @@ def sweep_rows(uri: str, task: str, name: str) -> tuple[str, dict, list[dict]]:
         row = dict(method=method, lr=lr, seed=seed, hparams=params, history=history, alignment=alignment,
                    grad_norm=grad_norm,
                    status=run.data.tags.get("status", "running"), error=run.data.tags.get("error"),
+                   host=run.data.tags.get("host"), node=run.data.tags.get("ray.node_id"),
                    **{k: run.data.metrics.get(k) for k in ("val_loss", "attempts") + FINAL_METRICS})
         rows[(method, lr, seed, tuple(sorted(params.items())))] = row
     return parent, mlf.get_run(parent).data.params, _searched_only(list(rows.values()))
@@ -222,19 +270,20 @@ def summary_name(method: str, lr: float, hparams: dict, defaults: dict, seeds: i
 
 
 class Tracker(Callback):
-    """Mirrors every trial into a child run (params, metric histories, status, artifacts), and
-    each seed group into a summary run, updated whenever one of its trials ends."""
+    """Mirrors every trial into a child run (params, metric histories, placement tags, status,
+    the files of its checkpoint as artifacts), and each seed group into a summary run, updated
+    whenever one of its trials ends."""
 
     uri = ""  # of a tracker restored by Tune.restore: set by the driver that resumes
 
     def __init__(self, uri: str, task: str, sweep: str, parent_id: str):
         self.uri, self.task, self.sweep, self.parent_id = uri, task, sweep, parent_id
-        self.runs, self.last = {}, {}
+        self.runs, self.last, self.placed, self.checkpoints = {}, {}, {}, {}
 
     def __getstate__(self):
         # Tune pickles callbacks with the experiment (tuner.pkl): clients do not pickle, and the
         # URI may hold a password, which must not be saved.
-        return {k: v for k, v in self.__dict__.items() if k not in ("_mlf", "runs", "uri")} | {"runs": {}}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_mlf", "runs", "uri")} | {"runs": {}, "placed": {}}
 
     @property
     def mlf(self):
@@ -270,6 +319,20 @@ class Tracker(Callback):
             return None
         self.mlf.set_tag(runs[0].info.run_id, "harness.trial_id", trial.trial_id)
         return runs[0].info.run_id
+
+    def _name(self, trial, status: str) -> str:
+        """'lora lr=0.002 seed=0: val_loss 0.8707, GSM8K 1/10' once the trial ended: the runs
+        table shows run names, and no metric until columns are picked."""
+        params, last = self._params(trial), self.last.get(trial.trial_id, {})
+        name = f"{params['method']} lr={params['lr']:g} seed={params['seed']}"
+        if status != "finished" or last.get("val_loss") is None:
+            return f"{name}: {status}"
+        text = f"{name}: val_loss {last['val_loss']:.4g}"
+        bench = next((k.removesuffix("_n") for k in last if k.endswith("_n")), None)
+        if bench and f"{bench}_flexible" in last:  # the correct count of the questions scored
+            n = int(last[f"{bench}_n"])
+            text += f", {bench.upper()} {round(last[f'{bench}_flexible'] * n)}/{n}"
+        return text
 
     def _params(self, trial) -> dict:
         cfg = trial_spec(trial.config)
@@ -312,34 +375,47 @@ class Tracker(Callback):
         self.run_of(trial)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric, RunTag
         run_id, now = self.run_of(trial), int(time.time() * 1000)
         keys = FINAL_METRICS if result.get("final") else STEP_METRICS
         metrics = [Metric(k, float(result[k]), now, int(result["step"]))
                    for k in keys if isinstance(result.get(k), (int, float))]
-        if metrics:
-            self.mlf.log_batch(run_id, metrics=metrics)
+        where = {k: str(result[k]) for k in PLACEMENT if k in result}
+        tags = [RunTag(k, v) for k, v in where.items()] if where != self.placed.get(trial.trial_id) else []
+        if metrics or tags:  # placement: on each attempt's first report (a retry may run elsewhere)
+            self.mlf.log_batch(run_id, metrics=metrics, tags=tags)
+        self.placed[trial.trial_id] = where
         self.last[trial.trial_id] = result
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        self.checkpoints[trial.trial_id] = checkpoint  # the trial's files, on the sweep's storage
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         run_id = self.run_of(trial)
         status = self.last.get(trial.trial_id, {}).get("status", "finished")
         status = "stopped" if status == "running" else status  # early-stopped by the scheduler
         self.mlf.set_tag(run_id, "status", status)
+        self.mlf.update_run(run_id, name=self._name(trial, status))
         self._log_attempts(run_id, trial.num_failures + 1)
-        out = self.last.get(trial.trial_id, {}).get("out", "")
-        for name in ("adapter", "gsm8k_samples.jsonl", "metrics.json", "peft_result.json") if out else ():
-            path = Path(out, name)
-            if path.is_dir():
-                self.mlf.log_artifacts(run_id, str(path), name)
-            elif path.is_file():
-                self.mlf.log_artifact(run_id, str(path))
+        if trial.trial_id in self.checkpoints:
+            self._log_files(run_id, self.checkpoints.pop(trial.trial_id))
         self.mlf.set_terminated(run_id, "FINISHED")
         self.update_summary(trial)
+
+    def _log_files(self, run_id: str, checkpoint):
+        """Every file of the trial's checkpoint (adapter/, metrics.json, samples, peft_result.json),
+        downloaded to a temporary folder first when it lies in a bucket."""
+        with checkpoint.as_directory() as folder:
+            for path in sorted(Path(folder).iterdir()):
+                if path.is_dir():
+                    self.mlf.log_artifacts(run_id, str(path), path.name)
+                elif not path.name.startswith("."):  # Ray's own metadata
+                    self.mlf.log_artifact(run_id, str(path))
 
     def on_trial_error(self, iteration, trials, trial, **info):
         run_id = self.run_of(trial)
         self.mlf.set_tag(run_id, "status", "failed")
+        self.mlf.update_run(run_id, name=self._name(trial, "failed"))
         self.mlf.set_tag(run_id, "error", _error_text(trial))
         self._log_attempts(run_id, trial.num_failures)  # Tune counts every failed attempt
         self.mlf.set_terminated(run_id, "FAILED")

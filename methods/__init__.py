@@ -24,7 +24,7 @@ def names() -> list[str]:
 
 
 def get(name: str):
-    from harness.config import UsageError
+    from harness.config import UsageError, quote
     if name not in names():
-        raise UsageError(f"unknown method {name!r}: choose one of {', '.join(names())}")
+        raise UsageError(f"unknown method {quote(name)}: choose one of {', '.join(names())}")
     return REGISTRY[name]

@@ -19,6 +19,8 @@ class Method:
     defaults: dict = {}
     choices: dict = dict(optimizer=("adamw", "sgd"))   # allowed values of the string hyperparameters
     zero_ok = ("dropout",)          # numeric hyperparameters that may be 0
+    below_one = ("dropout",)        # numeric hyperparameters that are probabilities
+    ranks_per_layer = 1             # rank x this must fit a layer's smaller side
     needs_gradients = False
     mutates_base = False
     init_keys: tuple | None = None  # the hyperparameters the init depends on; None: all (safe)
@@ -30,24 +32,26 @@ class Method:
 
     def resolve(self, overrides: dict) -> dict:
         """Defaults with overrides applied; unknown keys and bad values are usage errors."""
-        from harness.config import UsageError, positive
+        from harness.config import UsageError, positive, quote
         allowed = {**LORA_DEFAULTS, **self.defaults}
         unknown = sorted(set(overrides) - set(allowed))
         if unknown:
-            raise UsageError(f"unknown hyperparameter {unknown[0]!r} for method {self.name}: "
+            raise UsageError(f"unknown hyperparameter {quote(unknown[0])} for method {self.name}: "
                              f"use one of {', '.join(sorted(allowed))}")
         hp = {**allowed, **overrides}
         for key, value in hp.items():
             kind = type(allowed[key])
             if kind is str:
                 if value not in self.choices.get(key, ()):
-                    raise UsageError(f"{key} must be one of {', '.join(self.choices[key])}, got {value!r}")
+                    raise UsageError(f"{key} must be one of {', '.join(self.choices[key])}, got {quote(value)}")
             elif kind is bool or (kind is int and (isinstance(value, bool) or not isinstance(value, int))):
                 if type(value) is not kind:   # bool is a subclass of int: rank=True is no rank
                     raise UsageError(f"{key} must be {'true or false' if kind is bool else 'a whole number'}, "
-                                     f"got {value!r}")
+                                     f"got {quote(value)}")
             else:
                 positive(key, value, allow_zero=key in self.zero_ok)
+                if key in self.below_one and value >= 1:
+                    raise UsageError(f"{key} must be below 1 (a probability), got {quote(value)}")
         return hp
 
     def worth_caching(self, hp: dict) -> bool:

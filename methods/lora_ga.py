@@ -36,6 +36,7 @@ class LoraGA(Method):
     name = "lora-ga"
     description = "LoRA-GA: adapters from the gradient's singular vectors, offset subtracted from W (reference init)"
     defaults = dict(use_rslora=True, gamma=16.0, grad_samples=8)
+    ranks_per_layer = 2   # B takes the singular vectors r..2r
     needs_gradients = True
     mutates_base = True
     init_keys = ("rank", "alpha", "use_rslora", "gamma", "grad_samples")

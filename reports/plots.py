@@ -23,47 +23,113 @@ def lr_label(lr) -> str:
 
 
 def score_vs_lr(analysis, path=None) -> bytes:
-    """Score at every rung, one line per method with se bars, its robust window shaded, and an
-    'x' at the top of the axis where a method diverged ('+' where it failed)."""
-    fig = Figure(figsize=(9.5, 4.8), layout="constrained")
-    ax = fig.subplots()
+    return _png(score_vs_lr_figure(analysis), path)
+
+
+def score_vs_lr_figure(analysis) -> Figure:
+    """Above: score at every rung, one line per method with se bars, each method's best rung
+    starred (an arrow beside it where the best is at the ladder's edge), and marks at the top where
+    seeds diverged or failed. Below: each method's robust window as a bar in its colour, one row
+    per method, so that windows at the same lr stay apart. Legends list only what occurs."""
+    methods = analysis["methods"]
+    fig = Figure(figsize=(9.5, 4.6 + 0.32 * len(methods)), layout="constrained")
+    ax, strip = fig.subplots(2, 1, sharex=True, height_ratios=[3.2, 0.45 + 0.22 * len(methods)])
     top = ax.get_xaxis_transform()  # x in data units, y in axes fraction
-    for i, (name, m) in enumerate(analysis["methods"].items()):
+    seen = set()
+    for i, (name, m) in enumerate(methods.items()):
         color = _color(i)
         rungs = m["rungs"]
         scores = [math.nan if r["score"] is None else r["score"] for r in rungs]  # NaN breaks the line
         errors = [r["se"] or 0 for r in rungs]
         ax.errorbar([r["lr"] for r in rungs], scores, yerr=errors, color=color, marker="o",
                     ms=4, capsize=3, label=name)
-        if m["window"]:
-            ax.axvspan(m["window"]["low"] / PAD, m["window"]["high"] * PAD, color=color, alpha=0.12, lw=0)
-        y = 0.97 - 0.025 * i  # stagger methods so marks at the same lr stay visible
+        if m["best_lr"] is not None:
+            ax.plot(m["best_lr"], m["best_score"], "*", color=color, ms=15, mec="black", mew=0.8, zorder=5)
+            seen.add("best")
+            if m["edge"]:
+                up = m["edge"] == "high"
+                ax.plot(m["best_lr"] * (1.3 if up else 1 / 1.3), m["best_score"], ">" if up else "<",
+                        color=color, ms=8, mec="black", mew=0.6, zorder=5)
+                seen.add("edge")
+        y = 0.97 - 0.03 * i  # stagger methods so marks at the same lr stay visible
         for r in rungs:
             if r["status"] in MARK:
                 ax.plot(r["lr"], y, MARK[r["status"]], color=color, ms=9, mew=2, transform=top, clip_on=False)
+                seen.add(r["status"])
+        _window_bar(strip, i, m["window"], color)
+    if spans_decades(s for m in methods.values() for r in m["rungs"] if (s := r["score"]) is not None):
+        ax.set_yscale("log")
     low, high = ax.get_ylim()
-    ax.set_ylim(low, low + (high - low) / 0.84)  # headroom: the marks sit above the data
-    ax.set_xscale("log")
-    ax.set_xticks(analysis["ladder"], [lr_label(lr) for lr in analysis["ladder"]])
-    ax.minorticks_off()
-    ax.set_xlabel("learning rate (log scale)")
-    ax.set_ylabel(analysis["score_name"] + (" (lower is better)" if analysis["lower_is_better"] else ""))
-    ax.set_title(f"{analysis['score_name']} vs learning rate\nshaded: robust window ({tolerance(analysis)})",
-                 fontsize="medium")
-    marks = [Line2D([], [], color="gray", ls="", marker="x", mew=2, label="diverged (some or all seeds)"),
-             Line2D([], [], color="gray", ls="", marker="+", mew=2, label="failed")]
-    ax.legend(handles=ax.get_legend_handles_labels()[0] + marks, fontsize="small", loc="upper left",
-              bbox_to_anchor=(1.01, 1))
-    return _png(fig, path)
+    if ax.get_yscale() == "log":
+        ax.set_ylim(low, high * (high / low) ** 0.2)  # headroom: the marks sit above the data
+    else:
+        ax.set_ylim(low, low + (high - low) / 0.84)
+    ax.set_ylabel(analysis["score_name"] + (" (lower is better)" if analysis["lower_is_better"] else "")
+                  + (", log scale" if ax.get_yscale() == "log" else ""))
+    ax.set_title(f"{analysis['score_name']} vs learning rate", fontsize="medium")
+    ax.legend(handles=ax.get_legend_handles_labels()[0] + _marks(seen), fontsize="small",
+              loc="upper left", bbox_to_anchor=(1.01, 1))
+    strip.set_xscale("log")
+    strip.set_xlim(analysis["ladder"][0] / 1.6, analysis["ladder"][-1] * 1.6)  # room for open-side arrows
+    strip.set_xticks(analysis["ladder"], [lr_label(lr) for lr in analysis["ladder"]])
+    strip.minorticks_off()
+    strip.set_xlabel("learning rate (log scale)")
+    strip.set_yticks(range(len(methods)), list(methods))
+    strip.set_ylim(len(methods) - 0.4, -0.6)
+    strip.set_title(f"robust window: rungs {tolerance(analysis)}; arrow: open side, may extend beyond",
+                    fontsize="small", loc="left")
+    strip.grid(axis="x", color="#ddd", lw=0.8)
+    return fig
+
+
+def _window_bar(ax, row, window, color):
+    """One method's robust window as a bar on its own row; an open side gets an arrow."""
+    if window is None:
+        return
+    low, high = window["low"] / PAD, window["high"] * PAD
+    ax.barh(row, high - low, left=low, height=0.55, color=color, alpha=0.85)
+    for side, open_, x in (("<", window["open_low"], low / 1.15), (">", window["open_high"], high * 1.15)):
+        if open_:  # the window may go on beyond the ladder
+            ax.plot(x, row, side, color=color, ms=7)
+
+
+def _marks(seen) -> list:
+    """Legend entries of the marks that occur in the plot."""
+    entries = [("best", dict(marker="*", ms=12, mec="black", mew=0.8), "best lr of the method"),
+               ("edge", dict(marker=">", ms=7, mec="black", mew=0.6), "best lr at the ladder's edge: optimum may lie beyond"),
+               ("diverged", dict(marker="x", mew=2), "diverged (every seed)"),
+               ("unstable", dict(marker="x", mew=2), "some seeds diverged"),
+               ("failed", dict(marker="+", mew=2), "failed (crashed)")]
+    shown = []
+    for key, style, label in entries:
+        if key in seen and not (key == "unstable" and "diverged" in seen):
+            if key == "diverged" and "unstable" in seen:
+                label = "diverged (some or all seeds)"
+            shown.append(Line2D([], [], color="gray", ls="", label=label, **style))
+    return shown
+
+
+def spans_decades(values, decades=2) -> bool:
+    """Whether positive values span at least `decades` orders of magnitude (a log axis reads them)."""
+    values = [v for v in values if v > 0]
+    return bool(values) and max(values) >= min(values) * 10 ** decades
 
 
 def loss_curves(analysis, path=None) -> bytes:
-    """Validation loss over steps at each method's best lr (mean over seeds), with the target."""
+    return _png(loss_curves_figure(analysis), path)
+
+
+def loss_curves_figure(analysis) -> Figure:
+    """Validation loss over steps at each method's best lr (mean over seeds), with the target;
+    log scale where the losses span orders of magnitude (a toy task's risk)."""
     curves = {f"{name} (lr {lr_label(m['best_lr'])})" if m["best_curve"] else name: m["best_curve"]
               for name, m in analysis["methods"].items()}  # every method: colors match the other figures
-    return step_curves(curves, xlabel="training step", ylabel="validation loss (mean over seeds)",
-                       title="Validation loss at each method's best learning rate", marker="o",
-                       target=analysis["target_loss"], path=path)
+    name = analysis["loss_name"]
+    log = spans_decades(v for points in curves.values() for _, v in points)
+    return step_figure(curves, xlabel="training step",
+                       ylabel=f"{name} (mean over seeds{', log scale' if log else ''})",
+                       title=f"{name[0].upper() + name[1:]} at each method's best learning rate", marker="o",
+                       target=analysis["target_loss"], log=log)
 
 
 def grad_norms(analysis, path=None) -> bytes:
@@ -75,8 +141,12 @@ def grad_norms(analysis, path=None) -> bytes:
                        title="Gradient norm at each method's best learning rate", marker="o", log=True, path=path)
 
 
-def step_curves(curves: dict, *, ylabel: str, title: str, xlabel="iteration", log=False, marker="",
-                target=None, path=None) -> bytes:
+def step_curves(curves: dict, *, path=None, **options) -> bytes:
+    return _png(step_figure(curves, **options), path)
+
+
+def step_figure(curves: dict, *, ylabel: str, title: str, xlabel="iteration", log=False, marker="",
+                target=None) -> Figure:
     """One line per label ({label: [(step, value)]}; an empty list keeps its color unused) over
     training steps, log y if asked, and a dashed target line if given."""
     fig = Figure(figsize=(8, 4.8), layout="constrained")
@@ -86,7 +156,7 @@ def step_curves(curves: dict, *, ylabel: str, title: str, xlabel="iteration", lo
             steps, values = zip(*points)
             ax.plot(steps, values, color=_color(i), marker=marker, ms=3, label=label)
     if target is not None:
-        ax.axhline(target, color="gray", ls="--", lw=1, label=f"target {target:.4f}")
+        ax.axhline(target, color="gray", ls="--", lw=1, label=f"target {number(target, 3)}")
     if not ax.has_data():
         ax.text(0.5, 0.5, "no history recorded", ha="center", transform=ax.transAxes)
     elif log:
@@ -96,11 +166,16 @@ def step_curves(curves: dict, *, ylabel: str, title: str, xlabel="iteration", lo
     ax.set_title(title)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize="small")
-    return _png(fig, path)
+    return fig
 
 
 def heatmap(analysis, path=None) -> bytes:
-    """Method x learning-rate grid of the score; cells without a score say why."""
+    return _png(heatmap_figure(analysis), path)
+
+
+def heatmap_figure(analysis) -> Figure:
+    """Method x learning-rate grid of the score; cells without a score say why. A loss spanning
+    orders of magnitude is coloured on a log scale."""
     names, ladder = list(analysis["methods"]), analysis["ladder"]
     grid = [[math.nan if r["score"] is None else r["score"] for r in m["rungs"]]
             for m in analysis["methods"].values()]
@@ -108,7 +183,8 @@ def heatmap(analysis, path=None) -> bytes:
     ax = fig.subplots()
     # better scores are always the bright end of the scale
     cmap = matplotlib.colormaps["viridis_r" if analysis["lower_is_better"] else "viridis"].with_extremes(bad="#e0e0e0")
-    image = ax.imshow(grid, cmap=cmap, aspect="auto")
+    log = analysis["lower_is_better"] and spans_decades(v for row in grid for v in row if not math.isnan(v))
+    image = ax.imshow(grid, cmap=cmap, aspect="auto", norm="log" if log else None)
     for y, m in enumerate(analysis["methods"].values()):
         for x, r in enumerate(m["rungs"]):
             text, color = CELL.get(r["status"]), "black"
@@ -123,8 +199,8 @@ def heatmap(analysis, path=None) -> bytes:
     ax.set_yticks(range(len(names)), names)
     ax.set_xlabel("learning rate")
     ax.set_title(f"{analysis['score_name']} per method and learning rate")
-    fig.colorbar(image, ax=ax, label=analysis["score_name"])
-    return _png(fig, path)
+    fig.colorbar(image, ax=ax, label=analysis["score_name"] + (" (log scale)" if log else ""))
+    return fig
 
 
 def tolerance(analysis) -> str:
@@ -139,7 +215,16 @@ def _color(i):
 
 
 def _short(analysis, score):
-    return f"{score:.3f}" if analysis["lower_is_better"] else f"{100 * score:.1f}%"
+    return number(score, 3) if analysis["lower_is_better"] else f"{100 * score:.1f}%"
+
+
+def number(x, digits=4) -> str:
+    """x to `digits` significant digits; scientific below 1e-3 or from 1e5 (toy risks reach 1e-28)."""
+    if x is None:
+        return "—"
+    if x != 0 and not 1e-3 <= abs(x) < 1e5:
+        return f"{x:.{digits - 1}e}"
+    return f"{x:.{digits}g}"
 
 
 def _png(fig, path):

@@ -41,10 +41,19 @@ BAD = ("diverged", "failed", "stopped")
 SLACK = 1e-9  # float slack: a score exactly at the tolerance (0.45 - 0.02) is inside it
 
 
+def at_most(value, limit) -> bool:
+    """value <= limit up to float slack relative to limit: a loss spans 1e-28 to 1 on toy tasks,
+    so an absolute slack would put every tiny loss inside any loss window."""
+    return value <= limit + SLACK * abs(limit)
+
+
 def analyze(rows, *, metric="val_loss", loss_tol=0.05, acc_tol=0.02, reference_lr=None,
-            target_loss=None, resamples=1000, bootstrap_seed=0) -> dict:
+            target_loss=None, resamples=1000, bootstrap_seed=0, loss_name="validation loss",
+            setting=None) -> dict:
     """Per-method rungs, best lr and its interval, robust windows, reference-lr score, steps to
-    target, pairwise differences, ranking and a verdict in words."""
+    target, pairwise differences, ranking and a verdict in words. loss_name: what the task's
+    val_loss measures (a toy task's risk); setting: what the sweep ran (task, model, budget, ...),
+    shown at the top of the report, to which the seeds and trials counted here are added."""
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {sorted(METRICS)}, got {metric!r}")
     if not rows:
@@ -85,7 +94,8 @@ def analyze(rows, *, metric="val_loss", loss_tol=0.05, acc_tol=0.02, reference_l
     comparisons = _comparisons(methods, key, noise[key])
     analysis = {
         "metric": metric,
-        "score_name": "validation loss" if lower else "GSM8K accuracy (flexible-extract)",
+        "score_name": loss_name if lower else "GSM8K accuracy (flexible-extract)", "loss_name": loss_name,
+        "setting": {**(setting or {}), "trials": len(rows), "seeds": len({r.get("seed") for r in rows})},
         "lower_is_better": lower, "loss_tol": loss_tol, "acc_tol": acc_tol, "ladder": ladder,
         "reference_lr": reference_lr, "reference_source": reference_source,
         "target_loss": target_loss, "target_source": target_source,
@@ -205,7 +215,7 @@ def _method(rungs, lower, loss_tol, acc_tol):
     edge = {(True, True): "both", (True, False): "low", (False, True): "high"}.get((b == tried[0], b == tried[-1]))
 
     def within(score):
-        return score <= best * (1 + loss_tol) + SLACK if lower else score >= best - acc_tol - SLACK
+        return at_most(score, best * (1 + loss_tol)) if lower else score >= best - acc_tol - SLACK
 
     threshold, note = _reach90(rungs[b], lower)
     return {"rungs": rungs, "best_lr": rungs[b]["lr"], "best_score": best, "best_se": rungs[b]["se"],
@@ -213,7 +223,7 @@ def _method(rungs, lower, loss_tol, acc_tol):
             "best_hparams": rungs[b]["hparams"], "best_val_loss": rungs[b]["val_loss"], "edge": edge,
             "window": _window(rungs, b, tried, within),
             "window90": None if threshold is None else _window(
-                rungs, b, tried, lambda s: s <= threshold + SLACK if lower else s >= threshold - SLACK),
+                rungs, b, tried, lambda s: at_most(s, threshold) if lower else s >= threshold - SLACK),
             "window90_note": note, **totals}
 
 
@@ -261,14 +271,11 @@ def _reference(methods, given):
 def _target(methods, given):
     if given is not None:
         return given, "given"
-    lora = methods.get("lora", {}).get("best_val_loss")
-    if lora is not None:
-        return lora, "lora's final val loss at its best lr"
     losses = [m["best_val_loss"] for m in methods.values() if m["best_val_loss"] is not None]
     if not losses:
         return None, "no val loss to target"
     # the worst method's final loss: every method reached it, so the steps compare speed only
-    return max(losses), "no lora val loss: the highest final val loss of any method at its best lr"
+    return max(losses), "the highest final val loss of any method at its best lr: every method reaches it"
 
 
 def _steps(trials, target):
@@ -278,7 +285,7 @@ def _steps(trials, target):
         return None, [0, len(trials)]
     firsts = []
     for t in trials:
-        hits = [s for s, v in sorted(t.get("history") or []) if _num(v) is not None and v <= target + SLACK]
+        hits = [s for s, v in sorted(t.get("history") or []) if _num(v) is not None and at_most(v, target)]
         if hits:
             firsts.append(hits[0])
     return (statistics.fmean(firsts) if firsts else None), [len(firsts), len(trials)]

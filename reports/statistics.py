@@ -31,7 +31,7 @@ import random
 import statistics
 from collections import Counter
 
-from reports.plots import lr_label, tolerance
+from reports.plots import lr_label, number, tolerance
 
 Z = 1.959964  # normal 97.5% quantile
 # Student's t 97.5% quantiles; between rows the smaller df's (wider) value is used
@@ -217,15 +217,6 @@ def compare_sweeps(a, noise_a, b, noise_b, key) -> dict:
     return out
 
 
-def number(x, digits=4) -> str:
-    """x to `digits` significant digits; scientific below 1e-3 or from 1e5 (toy risks reach 1e-28)."""
-    if x is None:
-        return "—"
-    if x != 0 and not 1e-3 <= abs(x) < 1e5:
-        return f"{x:.{digits - 1}e}"
-    return f"{x:.{digits}g}"
-
-
 def percent(p) -> str:
     """0.2775 -> '27.8%', 0 -> '0%'."""
     return "—" if p is None else f"{100 * p:.1f}".removesuffix(".0") + "%"
@@ -235,10 +226,20 @@ def score_text(analysis, score) -> str:
     return percent(score) if not analysis["lower_is_better"] else number(score)
 
 
+def _error(a, m) -> str:
+    """' (95% CI 6–51%)' or ' ± 0.01 (se)' of a method's best score; '' where unknown (the
+    verdict then says the noise is unknown)."""
+    if m["best_ci"]:
+        return f" (95% CI {percent(m['best_ci'][0]).removesuffix('%')}–{percent(m['best_ci'][1])})"
+    if m["best_se"] is not None:
+        return f" ± {score_text(a, m['best_se'])} (se)"
+    return ""
+
+
 def window_text(w) -> str:
     """'[1e-4, 3e-3] open above': a side is open where the window reaches the end of the lrs tried."""
     if w is None:
-        return "—"
+        return "none"
     side = {(True, True): " open both sides", (True, False): " open below", (False, True): " open above"}
     return f"[{lr_label(w['low'])}, {lr_label(w['high'])}]" + side.get((w["open_low"], w["open_high"]), "")
 
@@ -260,8 +261,8 @@ def verdict(a) -> str:
                 "Next: a lower learning-rate ladder.")
     methods, lead = a["methods"], ranked[0]
     m = methods[lead]
-    what = "val loss" if a["lower_is_better"] else "accuracy"
-    out = [f"{lead} is best: {what} {score_text(a, m['best_score'])} at lr {lr_label(m['best_lr'])}."]
+    what = a.get("loss_name", "val loss") if a["lower_is_better"] else "accuracy"
+    out = [f"{lead} is best: {what} {score_text(a, m['best_score'])}{_error(a, m)} at lr {lr_label(m['best_lr'])}."]
     vs = [c for c in a["comparisons"] if c["a"] == lead]
     ahead = [c["b"] for c in vs if c["decided"]]
     tied = [c for c in vs if c["decided"] is False]

@@ -60,7 +60,8 @@ def test_report_numbers_are_the_known_answers(report):
     assert m["lora-one"]["best_lr"] == 1e-4 and m["lora-one"]["diverged"] == 2
     assert data["reference_lr"] == 1e-4  # LoRA's best
     assert m["pissa"]["score_at_reference"] == 1.00
-    assert m["lora"]["steps_to_target"] == 20  # target = LoRA's best final loss 1.00, at step 20
+    assert data["target_loss"] == 1.00  # the loss every method reaches: the worst best-lr loss (lora, pissa)
+    assert m["lora"]["steps_to_target"] == 20 and m["lora-one"]["steps_to_target"] == 20
     assert [r["method"] for r in data["ranking"]] == ["lora-one", "lora", "pissa"]
 
 
@@ -71,16 +72,42 @@ def test_report_is_attached_to_the_sweep_run(report):
 
 
 def test_html_renders_with_all_plots_in_chromium(report, tmp_path):
+    """The page as a browser shows it: every plot decoded, the verdict and the setting on top,
+    and no 'nan' or 'None' anywhere in the text a reader sees."""
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
         pytest.fail("Chromium is needed for this test: .ci/install installs Debian's chromium")
     page = (report[0] / "known" / "report" / "report.html").read_text()
     probe = """<script>window.addEventListener('load', () => { const imgs = [...document.images];
+      const text = document.body.innerText;
+      const words = text.match(/\\b(nan|NaN|None|undefined)\\b/g) || [];
       document.body.insertAdjacentHTML('beforeend', '<p id="probe">images=' + imgs.length + ' loaded=' +
-      imgs.filter(i => i.complete && i.naturalWidth > 300).length + '</p>'); });</script>"""
+        imgs.filter(i => i.complete && i.naturalWidth > 300).length +
+        ' verdict=' + (document.querySelector('.verdict') || {innerText: ''}).innerText.startsWith('Verdict.') +
+        ' setting=' + text.includes('Setting: task gsm8k') + ' bad=' + words.length + '</p>'); });</script>"""
     (tmp_path / "probe.html").write_text(page.replace("</body>", probe + "</body>"))
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
              "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}"]
     dom = subprocess.run([browser, *flags, "--virtual-time-budget=5000", "--dump-dom",
                           (tmp_path / "probe.html").as_uri()], capture_output=True, text=True, timeout=120).stdout
-    assert 'id="probe">images=3 loaded=3<' in dom
+    assert 'id="probe">images=3 loaded=3 verdict=true setting=true bad=0<' in dom
+
+
+def test_report_states_its_setting_and_why_this_score(report):
+    md = (report[0] / "known" / "report" / "report.md").read_text()
+    top = md.split("## Summary")[0]
+    assert "**Verdict.** lora-one is best: validation loss 0.97 at lr 1e-4." in top
+    # the fixture's parent run records only eval_limit: the setting says what it knows
+    assert "Setting: task gsm8k; 5 test questions scored; 1 seed; ladder 1e-5, 1e-4, 1e-3, 1e-2 (4 rungs); " \
+           "grid search, 12 trials." in top
+    assert "Score: validation loss (lower is better), because only 5 GSM8K questions were scored per trial" in top
+
+
+def test_parent_run_is_named_after_the_verdict_and_the_experiment_opens_on_runs(report):
+    _, mlf, parent, _ = report
+    assert mlf.get_run(parent).info.run_name == "known: lora-one is best: validation loss 0.97 at lr 1e-4"
+    from harness import tracking
+    tracking.experiment_id(mlf, "gsm8k")  # what every sweep calls: an older experiment gets the tag too
+    assert mlf.get_experiment_by_name("gsm8k").tags["mlflow.experimentKind"] == "custom_model_development"
+    link = tracking.runs_link(mlf.tracking_uri, "gsm8k", "known")
+    assert link.startswith("http://127.0.0.1:5000/#/experiments/1/runs?workflowType=machine_learning&searchFilter=")

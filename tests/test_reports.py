@@ -109,13 +109,14 @@ def test_a_partly_diverged_rung_is_unstable_and_ends_the_window():
 
 
 def test_reference_lr_and_steps_to_target(loss):
-    assert (loss["reference_lr"], loss["target_loss"]) == (1e-4, 1.0)  # lora's best lr and its loss there
+    # lora's best lr; the target is the loss every method reaches: the worst best-lr loss, riemannian's
+    assert (loss["reference_lr"], loss["target_loss"]) == (1e-4, 1.04)
     at_reference = {n: m["score_at_reference"] for n, m in loss["methods"].items()}
     assert at_reference == pytest.approx({"lora": 1.0, "pissa": 0.99, "lora-ga": 1.1, "riemannian": 1.08,
                                           "lora-one": 1.03})
     steps = {n: (m["steps_to_target"], m["target_reached"]) for n, m in loss["methods"].items()}
-    assert steps == {"lora": (30, [1, 1]), "pissa": (15, [2, 2]), "lora-ga": (None, [0, 2]),
-                     "riemannian": (None, [0, 1]), "lora-one": (10, [1, 1])}
+    assert steps == {"lora": (30, [1, 1]), "pissa": (15, [2, 2]), "lora-ga": (None, [0, 2]),  # no history
+                     "riemannian": (20, [1, 1]), "lora-one": (10, [1, 1])}
     steps, losses = zip(*loss["methods"]["pissa"]["best_curve"])  # mean over seeds
     assert steps == (0, 10, 20) and losses == pytest.approx((1.9, 1.05, 0.98))
 
@@ -190,17 +191,18 @@ def test_write_report_makes_three_self_contained_files(loss, tmp_path):
     assert "<title>GSM8K &lt;cpu&gt; &amp; co</title>" in page
     assert "CUDA out of memory &lt;rank 0&gt;" in page  # the failed trial's error, escaped
     assert not any(tag in page for tag in ("<link", "<script", "http://", "https://"))
-    assert page.rstrip().endswith("<h2>Since last night</h2>\n<p>pissa <b>improved</b></p>\n</body></html>")
+    assert "<h2>Since last night</h2>\n<p>pissa <b>improved</b></p>\n<h2>How the numbers are computed</h2>" in page
     md = paths["markdown"].read_text()
-    assert "## Summary\n\n| method | best lr | best score ± se |" in md
+    assert "## Summary\n\n| method | best lr | best score | hparams at best | robust window |" in md
     assert "| pissa | 3e-5 | 0.9800 ± 0.0100 | defaults | [3e-5, 1e-3] | 1.52 |" in md
-    # 3e-3 is lora-one's top rung: its window may go on above it
-    assert ("| lora-one | 1e-3 | 1.0100 | defaults | [1e-3, 3e-3] open above | ≥0.48 | 1.0300 | 10 (1/1 seeds) "
-            "| 0 | 1 | 0 | [1e-4, 3e-3]; ") in md
-    assert md.startswith("# GSM8K <cpu> & co\n\n**Verdict.** pissa is best: val loss 0.98 at lr 3e-5.")
+    # 3e-3 is lora-one's top rung: its window may go on above it; one seed: no se, and it says so
+    assert ("| lora-one | 1e-3 | 1.0100 (1 seed: no se) | defaults | [1e-3, 3e-3] open above | ≥0.48 "
+            "| 1.0300 (1 seed: no se) | 10 (1/1 seeds) | 0 | 1 | [1e-4, 3e-3]; ") in md
+    assert "stopped" not in md.split("## Ranking")[0]  # no scheduler stopped a trial: no column
+    assert md.startswith("# GSM8K <cpu> & co\n\n**Verdict.** pissa is best: validation loss 0.98 ± 0.01 (se) at lr 3e-5.")
     assert '<p class="verdict"><b>Verdict.</b> pissa is best' in page
     assert "| lora | 3e-3 | diverged |" in md
-    assert md.rstrip().endswith("## Since last night\n\npissa **improved**")
+    assert md.index("## Since last night\n\npissa **improved**") < md.index("## How the numbers are computed")
     assert json.loads(paths["json"].read_text()) == loss
 
 
@@ -212,3 +214,62 @@ def test_gradient_norms_at_the_best_lr_are_averaged_and_plotted(tmp_path):
     page = write_report(analysis, rows, tmp_path, title="t")["html"].read_text()
     assert page.count('<img src="data:image/png;base64,') == 4
     assert "gradient norm before clipping" in page
+
+
+SETTING = {"task": "gsm8k", "model": "smollm2-135m", "budget": "24 steps of 4 examples of ≤ 160 tokens",
+           "validation": "validation loss on 16 held-out rows", "questions": "10 test questions scored",
+           "search": "grid search", "score_reason": "only 10 GSM8K questions were scored per trial"}
+
+
+def test_report_answers_first_and_every_score_has_its_uncertainty(tmp_path):
+    page = write_report(analyze(SWEEP, setting=SETTING), SWEEP, tmp_path, title="t")["markdown"].read_text()
+    verdict, setting, score = page.split("\n\n")[1:4]
+    assert verdict.startswith("**Verdict.** pissa is best")
+    assert setting == ("Setting: task gsm8k; model smollm2-135m; 24 steps of 4 examples of ≤ 160 tokens; "
+                       "validation loss on 16 held-out rows; 10 test questions scored; 2 seeds; "
+                       "ladder 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3 (6 rungs); grid search, 48 trials.")
+    assert score == ("Score: validation loss (lower is better), because only 10 GSM8K questions were "
+                     "scored per trial.")
+    for word in ("nan", "None", "never"):
+        assert word not in page.replace("noise", "")
+    assert "GSM8K strict" not in page  # nothing was scored: no GSM8K columns
+    summary = [line for line in page.split("## Summary")[1].split("## Ranking")[0].splitlines() if line][2:]
+    scores = [row.split(" | ")[2] for row in summary]
+    assert len(scores) == 5 and all("±" in s or "(1 seed: no se)" in s for s in scores)
+
+
+def test_toy_risks_print_in_scientific_notation_on_log_axes(tmp_path):
+    from reports import plots
+    risks = {"lora-one": [1.2e-28, 3.5e-16, 4.1e-6], "lora": [1.1e-4, 0.015, 0.05], "pissa": [0.88, 0.9, 0.95]}
+    rows = [trial(m, lr, val_loss=v, val_loss_init=1.0, history=[(0, 1.0), (100, v)])
+            for m, vs in risks.items() for lr, v in zip([0.5, 0.25, 0.125], vs)]
+    a = analyze(rows, loss_name="risk", setting={"task": "toy-linear-illcond"})
+    md = write_report(a, rows, tmp_path, title="toy")["markdown"].read_text()
+    assert "1.200e-28 (1 seed: no se)" in md and "1.100e-04 (1 seed: no se)" in md
+    assert "0.0000" not in md and "0.0001" not in md
+    assert md.count("**Verdict.** lora-one is best: risk 1.200e-28 at lr 5e-1.") == 1
+    # the 5% window is relative: 3.5e-16 is not within 5% of 1.2e-28
+    assert a["methods"]["lora-one"]["window"]["rungs"] == 1
+    main = plots.score_vs_lr_figure(a).axes[0]
+    assert main.get_yscale() == "log"
+    # every best is the ladder's top or bottom rung: marked, and the legend says what the arrow means
+    assert "best lr at the ladder's edge: optimum may lie beyond" in [t.get_text() for t in main.get_legend().get_texts()]
+    assert plots.loss_curves_figure(a).axes[0].get_yscale() == "log"
+    heat = plots.heatmap_figure(a).axes[0]
+    assert "1.20e-28" in [t.get_text() for t in heat.texts]
+    assert heat.images[0].norm.__class__.__name__ == "LogNorm"
+
+
+def test_lr_plot_draws_each_window_on_its_own_row_and_lists_only_marks_that_occur():
+    from reports import plots
+    rows = [trial(m, lr, val_loss=v) for m in ("a", "b", "c") for lr, v in zip((1e-3, 2e-3, 4e-3), (1.1, 1.0, 1.02))]
+    rows += [trial("a", 8e-3, status=D)]  # every best is inside the ladder: no edge mark
+    fig = plots.score_vs_lr_figure(analyze(rows))
+    main, strip = fig.axes
+    assert [t.get_text() for t in strip.get_yticklabels()] == ["a", "b", "c"]
+    bars = [p for p in strip.patches]
+    assert len(bars) == 3 and len({round(b.get_y(), 3) for b in bars}) == 3  # three windows, three rows
+    assert [b.get_facecolor()[:3] for b in bars] == [plots._color(i)[:3] for i in range(3)]
+    labels = [t.get_text() for t in main.get_legend().get_texts()]
+    assert labels == ["a", "b", "c", "best lr of the method", "diverged (every seed)"]
+    assert main.get_yscale() == "linear"

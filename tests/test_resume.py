@@ -14,7 +14,6 @@ def config(**changes) -> SweepConfig:
 
 def test_saved_config_round_trips_and_repeating_a_flag_is_fine(tmp_path):
     saved = config(name="s", storage=str(tmp_path), lrs=[1e-4, 1e-3], tracking_uri="sqlite:///x.db")
-    saved.path.mkdir()
     resume.save(saved)
     loaded = resume.load(str(tmp_path), "s")
     assert loaded.resume and loaded.lrs == [1e-4, 1e-3] and loaded.trial == saved.trial

@@ -59,7 +59,7 @@ def test_zero_of_ten_reads_as_an_interval_not_zero_plus_minus_zero(tmp_path):
     a = analyze(rows, metric="accuracy")
     assert rung(a, "lora", 1e-4)["ci"] == pytest.approx([0.0, 0.2775], abs=5e-5)  # one seed: Wilson only
     md = write_report(a, rows, tmp_path, title="t")["markdown"].read_text()
-    assert "| lora | 1e-4 | ok | defaults | 1 | 1.0000 | 0% (0–27.8%) | 0% (0–27.8%) | 10 |" in md
+    assert "| lora | 1e-4 | ok | 1 | 1.0000 (1 seed) | 0% (0–27.8%) | 0% (0–27.8%) | 10 |" in md
     assert "0.0% ± 0.0" not in md
 
 
@@ -206,8 +206,8 @@ def test_edges_are_flagged_at_both_ends_and_windows_open_there(tmp_path):
     assert "extend the ladder of low below 1e-5 (try 3e-6 and 1e-6)" in a["verdict"]
     assert "extend the ladder of high above 1e-4 (try 3e-4 and 1e-3)" in a["verdict"]
     md = write_report(a, rows, tmp_path, title="t")["markdown"].read_text()
-    assert "| low | 1e-5 (edge: bottom) | 1.0000 | defaults | [1e-5, 3e-5] open below | ≥0.48 |" in md
-    assert "| high | 1e-4 (edge: top) | 1.0000 | defaults | [1e-4, 1e-4] open above | ≥0.00 |" in md
+    assert "| low | 1e-5 (edge: bottom) | 1.0000 (1 seed: no se) | [1e-5, 3e-5] open below | ≥0.48 |" in md
+    assert "| high | 1e-4 (edge: top) | 1.0000 (1 seed: no se) | [1e-4, 1e-4] open above | ≥0.00 |" in md
 
 
 def test_90_percent_window_for_accuracy_is_score_at_least_0_9_best():
@@ -235,9 +235,10 @@ def test_toy_scale_losses_read_in_scientific_notation(tmp_path):
     rows = losses("a", dict(zip(LADDER, [[0.5], [1e-20], [1e-28], [0.05]])), val_loss_init=1.0)
     a = analyze(rows)
     assert (a["methods"]["a"]["window90"]["low"], a["methods"]["a"]["window90"]["high"]) == (3e-5, 3e-4)
-    assert "a is best: val loss 1.000e-28 at lr 1e-4." in a["verdict"]
+    assert "a is best: validation loss 1.000e-28 at lr 1e-4." in a["verdict"]
+    assert a["methods"]["a"]["window"]["rungs"] == 1  # 1e-20 is not within 5% of 1e-28
     md = write_report(a, rows, tmp_path, title="t")["markdown"].read_text()
-    assert "| a | 1e-4 | 1.000e-28 |" in md and "| 0.0000 |" not in md
+    assert "| a | 1e-4 | 1.000e-28 (1 seed: no se) |" in md and "| 0.0000 |" not in md
 
 
 # --- the verdict ---
@@ -250,7 +251,7 @@ def test_verdict_with_no_usable_method():
 def test_verdict_names_windows_and_unsure_best_lrs():
     a = analyze(losses("a", CLOSE, val_loss_init=3.0) + losses("b", {**NOISE, 1e-4: [2.0, 2.02, 1.98]}))
     v = a["verdict"]
-    assert v.startswith("a is best: val loss 1.007 at lr 1e-4.")  # 1.01 at 1e-3
+    assert v.startswith("a is best: validation loss 1.007 ± 0.01764 (se) at lr 1e-4.")  # 1.01 at 1e-3
     assert "Robust window (within 5% of the method's best): a ≥1.00 decades" in v  # 1e-3 is a's top rung
     assert "Best lr not pinned down: a (1e-4 to 1e-3" in v
     assert "2 more seeds of a at 1e-4 and 1e-3" in v

@@ -90,11 +90,12 @@ def test_resume_after_the_driver_is_killed(tmp_path, data_dir):
     driver = subprocess.Popen([sys.executable, "-m", "harness.cli", *map(str, args)], start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
-    while not list(tmp_path.glob("killed/trials/*/metrics.json")) and time.monotonic() < deadline:
+    finished = "killed/*/checkpoint_*/metrics.json"  # a trial's files, persisted by Ray as its checkpoint
+    while not list(tmp_path.glob(finished)) and time.monotonic() < deadline:
         time.sleep(1)
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
     driver.wait()
-    assert list(tmp_path.glob("killed/trials/*/metrics.json")), "no trial finished before the kill"
+    assert list(tmp_path.glob(finished)), "no trial finished before the kill"
     # A flag that would change the saved sweep is refused before anything starts ...
     conflict = run_cli("run", "--resume", "killed", "--storage", tmp_path, "--lrs", "5e-2")
     assert conflict.returncode == 2 and "--lrs 0.05 differs" in conflict.stderr, conflict.stderr

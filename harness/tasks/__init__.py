@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from harness import config
-from harness.config import PRESETS, TrialConfig, UsageError, positive
+from harness.config import PRESETS, TrialConfig, UsageError, load_yaml, positive, quote
 from harness.data import Format, Source, Training
 from harness.evaluate import Scoring
 
@@ -43,8 +43,16 @@ class LLMTask:
         return methods.get(method).resolve(overrides)
 
     def validate(self, cfg):
-        from harness.model import check_name
+        """The model name, and the rank against the model's smallest adapted layer (a PiSSA or
+        LoRA-GA init of a larger rank fails inside the SVD, minutes into a sweep)."""
+        import methods
+        from harness.model import check_name, smallest_side
         check_name(cfg.model)
+        side, rank = smallest_side(cfg.model), cfg.hparams["rank"]
+        need = methods.get(cfg.method).ranks_per_layer * rank
+        if side and need > side:
+            raise UsageError(f"rank {rank} is too large for model {quote(cfg.model)}, whose smallest linear "
+                             f"layer side is {side} (method {cfg.method} needs {need} <= {side}): lower --set rank")
 
     def ladder(self, preset: str, folder: Path) -> list[float]:
         if "lrs" in self.presets.get(preset, {}):
@@ -145,7 +153,7 @@ def _load(folders: tuple) -> dict:
     found, origin = {}, {}
     for name, task, path in files(FOLDER) + toys + [e for folder in folders for e in files(folder)]:
         if name in found:
-            raise UsageError(f"task file {path}: field name: task {name!r} is already defined by "
+            raise UsageError(f"task file {path}: field name: task {quote(name)} is already defined by "
                              f"{origin[name]}: rename it")
         found[name], origin[name] = task, path
     return found
@@ -159,7 +167,7 @@ def add_folder(folder: str) -> str:
     """Search `folder` (--tasks-dir) for task files too; returns it absolute."""
     path = Path(folder).expanduser().resolve()
     if not path.is_dir():
-        raise UsageError(f"--tasks-dir {str(folder)[:100]} is not a folder: pass a folder of task YAML files")
+        raise UsageError(f"--tasks-dir {quote(str(folder))} is not a folder: pass a folder of task YAML files")
     if str(path) not in _folders:
         _folders.append(str(path))
     _all()  # a bad file is reported now, before anything starts
@@ -173,7 +181,7 @@ def names() -> tuple:
 def get(name: str):
     found = _all().get(name)
     if found is None:
-        raise UsageError(f"unknown task {str(name)[:100]!r}: choose one of {', '.join(names())}"
+        raise UsageError(f"unknown task {quote(name)}: choose one of {', '.join(names())}"
                          f"{'' if _folders else ', or add task files with --tasks-dir'}")
     return found
 
@@ -206,11 +214,11 @@ def resolve(cfg: TrialConfig) -> TrialConfig:
     task = get(cfg.task)
     presets = presets_of(task)
     if cfg.preset not in presets:
-        raise UsageError(f"unknown preset {str(cfg.preset)[:100]!r} for task {cfg.task}: choose one of "
+        raise UsageError(f"unknown preset {quote(cfg.preset)} for task {cfg.task}: choose one of "
                          f"{', '.join(presets)}")
     config.fill(cfg, {**presets[cfg.preset], **task.defaults})
-    task.validate(cfg)
     cfg.hparams = task.hparams(cfg.method, {**preset_hparams(cfg, cfg.method), **cfg.hparams})
+    task.validate(cfg)
     return cfg
 
 
@@ -235,7 +243,7 @@ class TaskFile:
     def __init__(self, path: Path):
         self.path = path
         try:
-            self.spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+            self.spec = load_yaml(path.read_text(encoding="utf-8"))
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             where = f" line {mark.line + 1}" if mark else ""
@@ -279,7 +287,7 @@ class TaskFile:
             wanted = {"text": "text", "text?": "text or null", "any text": "text", "count": "a whole number >= 0",
                       "flag": "true or false", "texts": "a list of texts", "mapping": "a mapping of field: text",
                       "loss": "answer or all"}[kind]
-            raise self.error(key, f"must be {wanted}, got {str(value)[:100]!r}")
+            raise self.error(key, f"must be {wanted}, got {quote(value)}")
         return value
 
     def template(self, spec: dict, key: str, name: str, default=REQUIRED) -> str:
@@ -291,7 +299,7 @@ class TaskFile:
             parts = None
         keys = [p[1] for p in parts or [] if p[1] is not None]
         if parts is None or keys != [name] or any(p[2] or p[3] or "{" in p[0] or "}" in p[0] for p in parts):
-            raise self.error(key, f"must hold {{{name}}} once and no other braces, got {text[:100]!r}")
+            raise self.error(key, f"must hold {{{name}}} once and no other braces, got {quote(text)}")
         return text
 
     def regex(self, spec: dict, key: str) -> tuple:
@@ -306,7 +314,7 @@ class TaskFile:
             raise self.error(f"{key}.regex", f"is not a regular expression ({err}): fix the pattern") from None
         select = spec.get("select", 0)
         if select not in (0, -1) or isinstance(select, bool):
-            raise self.error(f"{key}.select", f"must be 0 (first match) or -1 (last match), got {select!r}")
+            raise self.error(f"{key}.select", f"must be 0 (first match) or -1 (last match), got {quote(select)}")
         return pattern, select
 
     def source(self, spec: dict, prefix: str, files: dict, **extra) -> Source:
@@ -344,7 +352,7 @@ def parse(path: Path) -> LLMTask:
     f = TaskFile(path)
     name = f.get(f.spec, "name", "text")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
-        raise f.error("name", f"must be letters, digits, '.', '_' or '-', got {name[:100]!r}")
+        raise f.error("name", f"must be letters, digits, '.', '_' or '-', got {quote(name)}")
     train, fmt, ev = f.section("train"), f.section("format"), f.section("eval")
     val = f.section("validation", required=False)
     prompt = f.template(fmt, "format.prompt", "question")
@@ -377,5 +385,5 @@ def parse(path: Path) -> LLMTask:
         try:
             re.compile(pattern)
         except re.error as err:
-            raise f.error("eval.ignore", f"holds {pattern[:100]!r}, not a regular expression ({err})") from None
+            raise f.error("eval.ignore", f"holds {quote(pattern)}, not a regular expression ({err})") from None
     return LLMTask(name, path, f.get(f.spec, "description", "text", name), training, scoring, f.presets())

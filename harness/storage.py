@@ -1,0 +1,152 @@
+"""Sweep files on a local folder or an object store, through pyarrow.fs.
+
+A location is a string: an absolute folder path, or a URI that pyarrow resolves (s3://bucket/prefix,
+gs://bucket/prefix, ...). `join` extends either kind. Object-store credentials and endpoint come
+only from the standard environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL or
+AWS_ENDPOINT_URL_S3, AWS_DEFAULT_REGION), which pyarrow reads itself: no secret passes through the
+harness's flags, output or files."""
+
+import shutil
+import tempfile
+import threading
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+from harness.config import UsageError
+
+REACH_SECONDS = 30  # an unreachable endpoint fails within this, before anything starts
+
+
+def is_uri(location: str) -> bool:
+    return "://" in location
+
+
+def location(text: str) -> str:
+    """A --storage value as a location: a folder made absolute (default ./runs), or a URI of a
+    bucket that resolves (file:// URIs become folders)."""
+    text = text or "runs"
+    if ":/" in text and not is_uri(text):  # s3:/bucket would be a folder named s3:
+        raise UsageError(f"--storage {text[:100]} is neither a folder nor a URI: write scheme://bucket/prefix")
+    if not is_uri(text):
+        return str(Path(text).expanduser().resolve())
+    fs, path = resolve(text)
+    return path if isinstance(fs, pafs.LocalFileSystem) else text.rstrip("/")
+
+
+def join(location: str, *parts: str) -> str:
+    return "/".join([location.rstrip("/"), *parts])
+
+
+def _from_uri(uri: str):
+    try:
+        fs, path = pafs.FileSystem.from_uri(uri)
+    except Exception as err:  # ArrowInvalid for an unknown scheme, a URI without a bucket, ...
+        reason = str(err).splitlines()[0][:80]
+        raise UsageError(f"--storage {uri[:100]} does not resolve ({reason}): pass a folder or a URI "
+                         f"such as s3://bucket/prefix") from None
+    if not path.strip("/"):
+        raise UsageError(f"--storage {uri[:100]} names no bucket: pass s3://bucket/prefix")
+    return fs, path.rstrip("/")
+
+
+def resolve(location: str) -> tuple:
+    """(pyarrow filesystem, path on it) of a location."""
+    return _from_uri(location) if is_uri(location) else (pafs.LocalFileSystem(), location)
+
+
+def check(location: str):
+    """A bucket that does not exist or an endpoint that does not answer fails here, in seconds,
+    with one line (pyarrow retries for minutes, and some stores never time out)."""
+    if not is_uri(location):
+        return
+    fs, path = resolve(location)
+    bucket = path.split("/")[0]
+    found = {}
+
+    def probe():
+        try:
+            found["type"] = fs.get_file_info(bucket).type
+        except Exception as err:
+            found["error"] = str(err).replace("\n", " ")
+
+    worker = threading.Thread(target=probe, daemon=True)
+    worker.start()
+    worker.join(REACH_SECONDS)
+    if "type" not in found:
+        reason = found.get("error", f"no answer in {REACH_SECONDS} s")
+        reason = reason.split("AWS Error ")[-1][:100]
+        raise UsageError(f"--storage {location[:100]} is unreachable ({reason}): check AWS_ENDPOINT_URL, "
+                         f"the credentials in the environment and the network")
+    if found["type"] == pafs.FileType.NotFound:
+        raise UsageError(f"--storage {location[:100]}: bucket {bucket!r} does not exist: create it first")
+
+
+def exists(location: str) -> bool:
+    fs, path = resolve(location)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def read_bytes(location: str) -> bytes:
+    """The whole file in one read (a stream would read a bucket object in ranges, which may come
+    from two versions when a writer replaces it meanwhile)."""
+    fs, path = resolve(location)
+    with fs.open_input_file(path) as f:
+        return f.read()
+
+
+def read_text(location: str) -> str:
+    return read_bytes(location).decode()
+
+
+def write_bytes(location: str, data: bytes):
+    """Atomic: the file is written under a temporary name beside it, then moved into place, so a
+    reader sees the old file or the whole new one (a rename on disk, a copy on buckets)."""
+    fs, path = resolve(location)
+    parent, _, name = path.rpartition("/")
+    fs.create_dir(parent, recursive=True)
+    temp = f"{parent}/.{name}.{uuid.uuid4().hex}.tmp"
+    try:
+        with fs.open_output_stream(temp) as f:
+            f.write(data)
+        fs.move(temp, path)
+    except BaseException:
+        if fs.get_file_info(temp).type != pafs.FileType.NotFound:
+            fs.delete_file(temp)
+        raise
+
+
+def write_text(location: str, text: str):
+    write_bytes(location, text.encode())
+
+
+def listdir(location: str) -> list[str]:
+    """Names of the entries in a folder (none if it does not exist)."""
+    fs, path = resolve(location)
+    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    return sorted(info.base_name for info in infos)
+
+
+def upload(folder: Path, location: str):
+    """Copy a local folder's files to a location (replacing files of the same name)."""
+    fs, path = resolve(location)
+    fs.create_dir(path, recursive=True)
+    pafs.copy_files(str(folder), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+
+
+@contextmanager
+def local_folder(location: str):
+    """A local folder for writers that need one (reports): the location itself when it is a
+    folder, else a temporary folder uploaded to it at the end."""
+    if not is_uri(location):
+        Path(location).mkdir(parents=True, exist_ok=True)
+        yield Path(location)
+        return
+    temp = Path(tempfile.mkdtemp(prefix="harness-"))
+    try:
+        yield temp
+        upload(temp, location)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
