@@ -247,7 +247,7 @@ def build_tuner(sc: SweepConfig, plan: list[dict], parent_id: str):
     from ray import tune
     cpus, gpus = _resources(sc)
     template = {k: v for k, v in asdict(sc.trial).items() if k not in ("method", "lr", "seed", "hparams", "out")}
-    base = {"trial": template, "cpus": cpus}
+    base = {"trial": template, "cpus": cpus, "sweep_dir": sc.path}
     trainable = tune.with_resources(tune.with_parameters(train_trial, base=base), {"cpu": cpus, "gpu": gpus})
     fs, path = storage.resolve(sc.storage)
     fs = fs if storage.is_uri(sc.storage) else None  # Ray's own handling of local folders
