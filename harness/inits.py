@@ -7,19 +7,20 @@ hyperparameters, never on the learning rate; on the seed only where it draws ran
 that changes the base weights, the new weights of the layers where `residual` of the stored
 factors does not give them bit for bit (checked when the entry is written).
 
-Entries are written atomically (temp file in the same folder, fsync, rename): writers racing on
-one key both compute, the last rename wins, and both wrote the same bytes of tensors; a reader
-never sees half a file, and an entry that does not load is computed and written again."""
+The cache is a folder or a bucket location (harness/storage.py), so trials on every node of a
+cluster share it. Entries are written atomically (temp file beside it, then moved into place):
+writers racing on one key both compute, the last move wins, and both wrote the same bytes of
+tensors; a reader never sees half a file, and an entry that does not load is computed and
+written again."""
 
 import hashlib
+import io
 import json
 import logging
-import os
-import tempfile
-from pathlib import Path
 
 import torch
 
+from harness import storage
 from harness.config import TrialConfig
 from harness.model import resolve_path
 from methods._base import lora_layers, set_factors
@@ -58,9 +59,10 @@ def key(cfg: TrialConfig, method, model, targets: list[str], examples: list) -> 
     return fields
 
 
-def path(folder: str, fields: dict) -> Path:
+def path(folder: str, fields: dict) -> str:
+    """The entry's location in the cache `folder` (a folder or bucket location)."""
     text = json.dumps(fields, sort_keys=True)
-    return Path(folder) / f"{fields['method']}-{hashlib.sha256(text.encode()).hexdigest()[:24]}.pt"
+    return storage.join(str(folder), f"{fields['method']}-{hashlib.sha256(text.encode()).hexdigest()[:24]}.pt")
 
 
 def originals(model, targets: list[str]) -> dict:
@@ -106,10 +108,10 @@ def restore(model, entry: dict, mutates_base: bool):
 def load(folder: str, fields: dict) -> dict | None:
     """The stored entry of a key, or None when there is none or it is unreadable."""
     file = path(folder, fields)
-    if not file.exists():
+    if not storage.exists(file):
         return None
     try:
-        entry = torch.load(file, map_location="cpu", weights_only=True)
+        entry = torch.load(io.BytesIO(storage.read_bytes(file)), map_location="cpu", weights_only=True)
         if entry["key"] != json.dumps(fields, sort_keys=True):
             raise ValueError("the entry holds another key")
         if set(entry["A"]) != set(entry["B"]) or not set(entry["weights"]) <= set(entry["A"]):
@@ -122,15 +124,5 @@ def load(folder: str, fields: dict) -> dict | None:
 
 def save(folder: str, fields: dict, entry: dict):
     """Write an entry atomically: readers see the old file, or none, or the whole new one."""
-    file = path(folder, fields)
-    file.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({**entry, "key": json.dumps(fields, sort_keys=True)}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, file)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with storage.atomic_writer(path(folder, fields)) as f:
+        torch.save({**entry, "key": json.dumps(fields, sort_keys=True)}, f)

@@ -101,21 +101,28 @@ def read_text(location: str) -> str:
     return read_bytes(location).decode()
 
 
-def write_bytes(location: str, data: bytes):
-    """Atomic: the file is written under a temporary name beside it, then moved into place, so a
-    reader sees the old file or the whole new one (a rename on disk, a copy on buckets)."""
+@contextmanager
+def atomic_writer(location: str):
+    """A file to write, which appears at `location` only once complete: it is written under a
+    temporary name beside it, then moved into place, so a reader sees the old file or the whole
+    new one (a rename on disk, a copy on buckets)."""
     fs, path = resolve(location)
     parent, _, name = path.rpartition("/")
     fs.create_dir(parent, recursive=True)
     temp = f"{parent}/.{name}.{uuid.uuid4().hex}.tmp"
     try:
         with fs.open_output_stream(temp) as f:
-            f.write(data)
+            yield f
         fs.move(temp, path)
     except BaseException:
         if fs.get_file_info(temp).type != pafs.FileType.NotFound:
             fs.delete_file(temp)
         raise
+
+
+def write_bytes(location: str, data: bytes):
+    with atomic_writer(location) as f:
+        f.write(data)
 
 
 def write_text(location: str, text: str):

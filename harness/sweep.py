@@ -216,8 +216,7 @@ def train_trial(config: dict, base: dict):
 
     torch.set_num_threads(max(1, int(base["cpus"])))  # Ray may cap threads at 1 otherwise
     where = placement()
-    # The init cache is a folder of the sweep's; on a bucket, each trial computes its own init.
-    cache = "" if storage.is_uri(base["sweep_dir"]) else str(Path(base["sweep_dir"], "inits"))
+    cache = storage.join(base["sweep"], "inits")  # beside the sweep's files, folder or bucket alike
     with tempfile.TemporaryDirectory(prefix="harness-trial-") as out:
         cfg = resolve(TrialConfig(**{**base["trial"], **trial_spec(config), "out": out,   # finds --tasks-dir tasks too
                                      "init_cache": cache}))
@@ -247,7 +246,7 @@ def build_tuner(sc: SweepConfig, plan: list[dict], parent_id: str):
     from ray import tune
     cpus, gpus = _resources(sc)
     template = {k: v for k, v in asdict(sc.trial).items() if k not in ("method", "lr", "seed", "hparams", "out")}
-    base = {"trial": template, "cpus": cpus, "sweep_dir": sc.path}
+    base = {"trial": template, "cpus": cpus, "sweep": sc.path}
     trainable = tune.with_resources(tune.with_parameters(train_trial, base=base), {"cpu": cpus, "gpu": gpus})
     fs, path = storage.resolve(sc.storage)
     fs = fs if storage.is_uri(sc.storage) else None  # Ray's own handling of local folders

@@ -143,9 +143,10 @@ def ray_env(token_file: Path, s3: dict, pythonpath: str) -> dict:
             "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": pythonpath, **s3}
 
 
-def ray_node(folder: Path, env: dict, head_port: int, head: bool):
+def ray_node(folder: Path, log: Path, env: dict, head_port: int, head: bool):
     """`ray start --block` of a node with 1 CPU and 1 logical GPU (scheduled like a real one, while
-    torch sees no CUDA device). Every port is chosen here: two nodes share this host."""
+    torch sees no CUDA device), its session under `folder` (a short path: Ray's socket paths must
+    fit in 107 bytes). Every port is chosen here: two nodes share this host."""
     ports = [free_port() for _ in range(6)]
     workers = free_port()
     argv = [BIN / "ray", "start", "--block", "--disable-usage-stats", "--num-cpus", 1, "--num-gpus", 1,
@@ -157,7 +158,7 @@ def ray_node(folder: Path, env: dict, head_port: int, head: bool):
     argv += ["--head", "--port", head_port, "--include-dashboard", "false", "--dashboard-port", free_port()] \
         if head else ["--address", f"127.0.0.1:{head_port}"]
     folder.mkdir(parents=True, exist_ok=True)
-    return started(argv, folder.with_suffix(".log"), env=env)
+    return started(argv, log, env=env)
 
 
 def raylet_of(proc) -> tuple[int, str]:

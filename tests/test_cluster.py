@@ -6,10 +6,12 @@ artifacts; a node lost mid-sweep costs a retry, not a trial; a sweep resumes fro
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.parse
 from contextlib import ExitStack
@@ -43,9 +45,8 @@ class Cluster:
     mlf: object = None
 
 
-def started_node(folder: Path, proc):
-    wait_for(lambda: "Ray runtime started" in folder.with_suffix(".log").read_text(), f"ray node {folder.name}",
-             120, proc)
+def started_node(log: Path, proc):
+    wait_for(lambda: "Ray runtime started" in log.read_text(), log.name, 120, proc)
     return raylet_of(proc)
 
 
@@ -64,11 +65,12 @@ def cluster(tmp_path_factory):
         token.write_text(secrets.token_hex(32))
         token.chmod(0o600)
         env = ray_env(token, s3, os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])))
-        port = free_port()
-        head = stack.enter_context(ray_node(root / "head", env, port, head=True))
-        _, head_node = started_node(root / "head", head)
-        worker = stack.enter_context(ray_node(root / "worker", env, port, head=False))
-        worker_raylet, worker_node = started_node(root / "worker", worker)
+        port, sessions = free_port(), Path(tempfile.mkdtemp(prefix="ray-"))
+        stack.callback(shutil.rmtree, sessions, ignore_errors=True)  # after the nodes stopped
+        head = stack.enter_context(ray_node(sessions / "head", root / "head.log", env, port, head=True))
+        _, head_node = started_node(root / "head.log", head)
+        worker = stack.enter_context(ray_node(sessions / "worker", root / "worker.log", env, port, head=False))
+        worker_raylet, worker_node = started_node(root / "worker.log", worker)
         wait_for(lambda: answers(f"{tracking}/health"), "mlflow server", 180, server)
         from mlflow.tracking import MlflowClient
         print(f"\ncluster up in {time.monotonic() - start:.0f} s")
@@ -136,7 +138,7 @@ def spread(cluster, data_dir, tmp_path_factory):
     driver is killed too, and `--resume spread --storage s3://...` finishes the sweep from the bucket."""
     log = tmp_path_factory.mktemp("spread") / "driver.log"
     start = time.monotonic()
-    driver = start_driver(cluster, harness_run(cluster, "spread", "--methods", "lora,pissa", "--lrs", "1e-2,2e-2",
+    driver = start_driver(cluster, harness_run(cluster, "spread", "--methods", "lora,lora-ga", "--lrs", "1e-2,2e-2",
                                                "--max-failures", "2", data_dir=data_dir), log)
     try:
         def on(node, status):
@@ -165,7 +167,7 @@ def test_trials_ran_on_both_nodes_and_the_lost_ones_were_retried(cluster, spread
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
     runs = trial_runs(cluster, "spread")
     keys = sorted((r.data.params["method"], float(r.data.params["lr"]), int(r.data.params["seed"])) for r in runs)
-    assert keys == [(m, lr, 0) for m in ("lora", "pissa") for lr in (1e-2, 2e-2)]  # each once
+    assert keys == [(m, lr, 0) for m in ("lora", "lora-ga") for lr in (1e-2, 2e-2)]  # each once
     assert {r.data.tags["status"] for r in runs} == {"finished"}
     nodes = {r.info.run_id: r.data.tags["ray.node_id"] for r in runs}
     assert cluster.worker_node in nodes.values() and cluster.head_node in nodes.values()
@@ -197,13 +199,15 @@ def test_every_trial_has_its_files_whichever_node_ran_it(cluster, spread, tmp_pa
 
 def test_results_report_and_log_are_in_the_bucket(cluster, spread):
     rows = json.loads(storage.read_text(f"{SWEEPS}/spread/results.json"))
-    assert sorted((r["method"], r["lr"]) for r in rows) == [(m, lr) for m in ("lora", "pissa") for lr in (1e-2, 2e-2)]
+    assert sorted((r["method"], r["lr"]) for r in rows) == [(m, lr) for m in ("lora", "lora-ga") for lr in (1e-2, 2e-2)]
     assert {r["status"] for r in rows} == {"finished"}
     report = json.loads(storage.read_text(f"{SWEEPS}/spread/report/report.json"))
-    assert {m: report["methods"][m]["trials"] for m in ("lora", "pissa")} == {"lora": 2, "pissa": 2}
+    assert {m: report["methods"][m]["trials"] for m in ("lora", "lora-ga")} == {"lora": 2, "lora-ga": 2}
     table = storage.read_text(f"{SWEEPS}/spread/report/report.md").split("## Trials")[1]
     assert table.count(f"| {socket.gethostname()} |") == 4
     assert "Connecting to existing Ray cluster" in storage.read_text(f"{SWEEPS}/spread/harness.log")
+    entries = storage.listdir(f"{SWEEPS}/spread/inits")  # LoRA-GA's init, shared by its trials on any node
+    assert len(entries) == 1 and entries[0].startswith("lora-ga-") and entries[0].endswith(".pt"), entries
 
 
 def test_report_command_reads_a_sweep_in_the_bucket(cluster, spread):

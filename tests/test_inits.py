@@ -147,11 +147,12 @@ def digest(entry: dict) -> str:
 def compute_and_store(barrier, data_dir, cache, results):
     """One spawned process: compute the same key's init as the other, at the same moment, then
     write it again and again to race the other's renames."""
-    from harness.config import TrialConfig, resolve
+    from harness.config import TrialConfig
+    from harness.tasks import resolve
     torch.set_num_threads(1)
     cfg = resolve(TrialConfig(method="lora-ga", lr=1e-2, preset="smoke", data_dir=data_dir, init_cache=cache))
     model, tok, train_ex, _ = prepare(cfg, torch.device("cpu"))
-    fields = inits.key(cfg, methods.get("lora-ga"), model, target_modules(model, cfg.targets))
+    fields = inits.key(cfg, methods.get("lora-ga"), model, target_modules(model, cfg.targets), train_ex)
     barrier.wait()
     model, info = add_adapters(cfg, model, train_ex, tok.pad_token_id, torch.device("cpu"))
     entry = inits.capture(model, None)
