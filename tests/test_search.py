@@ -220,7 +220,8 @@ def test_resume_after_the_driver_is_killed(toy_refine):
     driver = subprocess.Popen([sys.executable, "-m", "harness.cli", *args], start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
-    while len(list(storage.glob("killed/trials/*/metrics.json"))) < 7 and time.monotonic() < deadline:
+    finished = "killed/*/checkpoint_*/metrics.json"  # a trial's files, persisted by Ray as its checkpoint
+    while len(list(storage.glob(finished))) < 7 and time.monotonic() < deadline:
         time.sleep(0.5)  # past the coarse ladder (6 trials): into the rounds the searcher decided
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
     driver.wait()
