@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import methods  # noqa: E402
 from harness.config import TrialConfig  # noqa: E402
 from harness.tasks import resolve  # noqa: E402
-from harness.gradients import loss_of  # noqa: E402
+from harness.loss import loss_of  # noqa: E402
 from harness.memory import PeakMemory  # noqa: E402
 from harness.model import pick_device  # noqa: E402
 from harness.train import add_adapters, prepare, seed_everything  # noqa: E402

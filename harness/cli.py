@@ -90,6 +90,8 @@ def add_trial_options(p):
                    help="warm-up as a fraction of the steps, instead of --warmup-steps")
     p.add_argument("--max-grad-norm", type=parse_number, default=None,
                    help="clip the gradient norm to this before each step; 0 = off (default: 1.0)")
+    p.add_argument("--batching", default=None, help="bucket (rows of similar length batched together, "
+                   "the default) or shuffle (random batches, padded to their longest row)")
     p.add_argument("--weight-decay", type=parse_number, default=None, help="AdamW weight decay (default: the preset's)")
     p.add_argument("--targets", default=None, help="layers that get adapters: all-linear, or module names "
                    "such as q_proj,v_proj (default: the preset's)")
@@ -112,7 +114,7 @@ def config_from(args, **extra) -> TrialConfig:
                        eval_interval=args.eval_interval, train_size=args.train_size,
                        val_size=args.val_size, eval_limit=args.eval_limit, schedule=args.schedule,
                        warmup_steps=args.warmup_steps, warmup_ratio=args.warmup_ratio,
-                       max_grad_norm=args.max_grad_norm, weight_decay=args.weight_decay, targets=args.targets,
+                       max_grad_norm=args.max_grad_norm, batching=args.batching, weight_decay=args.weight_decay, targets=args.targets,
                        device=args.device, dtype=args.dtype,
                        trust_remote_code=args.trust_remote_code, **extra)
 

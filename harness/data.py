@@ -161,8 +161,33 @@ def in_order(examples, batch_size: int, pad_id: int):
         yield collate(examples[i:i + batch_size], pad_id)
 
 
+def batches(examples, batch_size: int, pad_id: int, seed: int, batching: str = "bucket"):
+    """The training batches of a trial: `bucketed` or `shuffled`."""
+    pick = bucketed if batching == "bucket" else shuffled
+    return pick(examples, batch_size, pad_id, seed)
+
+
+def bucketed(examples, batch_size: int, pad_id: int, seed: int, window: int = 20):
+    """Endless batches of rows of similar length, so little of a batch is padding. Every epoch the
+    rows are shuffled from the trial seed, sorted by length within windows of `window` batches, cut
+    into batches (the epoch's last may be short), and the batches shuffled: every row once per epoch."""
+    rng = random.Random(seed)
+    span = window * batch_size
+    while True:
+        epoch = list(examples)
+        rng.shuffle(epoch)
+        order = []
+        for i in range(0, len(epoch), span):
+            chunk = sorted(epoch[i:i + span], key=lambda example: len(example[0]))
+            order += [chunk[j:j + batch_size] for j in range(0, len(chunk), batch_size)]
+        rng.shuffle(order)
+        for batch in order:
+            yield collate(batch, pad_id)
+
+
 def shuffled(examples, batch_size: int, pad_id: int, seed: int):
-    """Endless batches, reshuffled every epoch from the trial seed."""
+    """Endless batches, reshuffled every epoch from the trial seed (the loop before bucketing; the
+    rows of an epoch that fill no whole batch are left out)."""
     rng = random.Random(seed)
     epoch = list(examples)
     while True:

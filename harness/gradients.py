@@ -7,11 +7,7 @@ it), so device memory never holds more than one layer's full gradient."""
 
 import torch
 
-
-def loss_of(model, batch: dict) -> torch.Tensor:
-    """Masked token cross-entropy (labels are -100 on prompt and padding), as in training."""
-    device = next(model.parameters()).device
-    return model(**{k: v.to(device) for k, v in batch.items()}).loss
+from harness.loss import loss_of
 
 
 def estimate_gradients(model, batches, targets: list[str]) -> dict[str, torch.Tensor]:

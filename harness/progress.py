@@ -18,6 +18,9 @@ from ray.tune import Callback
 from harness.config import trial_spec
 from reports.plots import lr_label, number
 
+# <key>_seconds of a trial's final result, by phase, in the order the end summary names them
+PHASES = {"training": ("train",), "scoring": ("score",), "validation": ("val",), "model load": ("load",),
+          "gradient phase": ("grad",), "init": ("init", "init_save"), "data": ("data",)}
 HEARTBEAT = 60  # seconds without output after which a log gets a status line
 REDRAW = 1      # seconds between redraws of the live line on a terminal
 SHOWN = 3       # running trials named in the line; more are counted
@@ -45,6 +48,7 @@ class Progress(Callback):
         self.running = {}   # trial_id -> {trial, start, phase, diverged, result}
         self.ended = {}     # trial_id -> outcome: finished, diverged, failed, stopped
         self.durations = []  # seconds of each trial that ended on its own
+        self.phases = {}    # phase -> seconds, over the trials that ended in this run
         self.best = {}      # method -> (val_loss, lr)
         self.most_at_once = 1
 
@@ -60,7 +64,7 @@ class Progress(Callback):
         """A resumed sweep: times count from the restart, on the terminal of this run."""
         self.__dict__.update(state)
         self.started = self.last_output = self.last_draw = self.clock()
-        self.durations, self.tty = [], self.out.isatty()
+        self.durations, self.phases, self.tty = [], {}, self.out.isatty()
 
     # ---- Tune's callback methods ----
 
@@ -106,6 +110,8 @@ class Progress(Callback):
         if self.tty:
             self.out.write("\r\x1b[K")
         self.out.write(self.summary() + "\n")
+        if any(self.phases.values()):  # trials that report their phases (LLM tasks)
+            self.out.write(self.time_spent() + "\n")
         self.out.flush()
 
     # ---- the text ----
@@ -134,6 +140,19 @@ class Progress(Callback):
         return (f"trials {len(self.ended)}/{self.total}: {counts['finished']} done, {counts['failed']} failed, "
                 f"{counts['diverged']} diverged, {counts['stopped']} stopped in {clock_text(self.clock() - self.started)}")
 
+    def time_spent(self) -> str:
+        """'time in trials (30:12): training 43%, scoring 24%, ..., other 12% (Ray worker start,
+        saving); 0:45 outside trials': where the sweep's time went, from the trials' phase timings."""
+        in_trials = sum(self.durations)
+        shares = sorted(self.phases.items(), key=lambda kv: -kv[1])
+        parts = [f"{name} {seconds / in_trials:.0%}" for name, seconds in shares if seconds > 0]
+        other = in_trials - sum(self.phases.values())
+        line = f"time in trials ({clock_text(in_trials)}): {', '.join(parts)}, other {other / in_trials:.0%} " \
+               f"(worker start, saving, reporting)"
+        if self.most_at_once == 1:  # one at a time: the rest of the wall time is the driver's
+            line += f"; {clock_text(max(0.0, self.clock() - self.started - in_trials))} outside trials"
+        return line
+
     def head(self) -> str:
         """'[3:05, ~9:40 left]': elapsed time and the estimate of the time left."""
         left = self.time_left()
@@ -157,6 +176,9 @@ class Progress(Callback):
         seconds = None if start is None else self.clock() - start
         if seconds is not None and outcome in ("finished", "diverged"):
             self.durations.append(seconds)
+            for name, keys in PHASES.items():
+                spent = sum(result.get(f"{key}_seconds") or 0.0 for key in keys)
+                self.phases[name] = self.phases.get(name, 0.0) + spent
         loss = result.get("val_loss")
         score = f": val_loss {number(loss, 4)}" if outcome == "finished" and loss is not None else ""
         took = f" in {clock_text(seconds)}" if seconds is not None else ""

@@ -26,10 +26,11 @@ from harness import storage, tasks
 from harness.config import UsageError, quote, trial_spec, writable
 
 # lr_now: the scheduled learning rate at that step (the trial's lr is a param).
-STEP_METRICS = ("train_loss", "val_loss", "lr_now", "grad_norm", "tokens_per_s", "peak_mem_mb", "alignment")
-FINAL_METRICS = ("val_loss_init", "best_val_loss", "step_seconds", "grad_seconds", "grad_peak_mb",
-                 "init_seconds", "init_cached", "gsm8k_strict", "gsm8k_strict_stderr", "gsm8k_flexible",
-                 "gsm8k_flexible_stderr", "gsm8k_n", "eval_seconds")
+STEP_METRICS = ("train_loss", "val_loss", "lr_now", "grad_norm", "tokens_per_s", "mfu", "peak_mem_mb", "alignment")
+PHASES = ("load", "data", "grad", "init", "train", "val", "score")  # <phase>_seconds of each trial
+FINAL_METRICS = ("val_loss_init", "best_val_loss", "step_seconds", "grad_peak_mb", "init_cached", "peak_tflops",
+                 "gsm8k_strict", "gsm8k_strict_stderr", "gsm8k_flexible", "gsm8k_flexible_stderr", "gsm8k_n",
+                 "eval_seconds") + tuple(f"{phase}_seconds" for phase in PHASES)
 # a summary run holds <metric>_mean, _std, _n of each over its finished seeds
 SUMMARY_METRICS = ("val_loss",) + FINAL_METRICS
 SETTLED = ("finished", "diverged", "failed", "stopped")

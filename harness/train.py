@@ -9,6 +9,7 @@ import math
 import random
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,9 @@ import methods
 from harness import data, inits
 from harness.config import TrialConfig
 from harness.faults import maybe_inject
-from harness.gradients import estimate_gradients, loss_of
+from harness.gradients import estimate_gradients
+from harness.flops import Counter, peak
+from harness.loss import loss_of
 from harness.memory import PeakMemory
 from harness.model import load, pick_device, pick_dtype, target_modules
 
@@ -61,10 +64,33 @@ def prepare(cfg: TrialConfig, device, training: data.Training = data.Training())
     """(model, tokenizer, train examples, val examples) for a resolved config and the task's
     training rows and format (default: the gsm8k task's)."""
     model, tok = load(cfg.model, device, pick_dtype(device, cfg.dtype), cfg.trust_remote_code)
+    return (model, tok, *examples(cfg, tok, training))
+
+
+def examples(cfg: TrialConfig, tok, training: data.Training) -> tuple[list, list]:
+    """(train, val) examples: the task's rows, split and tokenized."""
     rows = data.load_rows(training.source, "train", cfg.data_dir)
     train_rows, val_rows = data.split_rows(rows, cfg.val_size, cfg.train_size, training.split_seed)
-    return (model, tok, data.encode(train_rows, tok, cfg.max_length, training.format),
+    return (data.encode(train_rows, tok, cfg.max_length, training.format),
             data.encode(val_rows, tok, cfg.max_length, training.format))
+
+
+class Timer:
+    """Seconds spent per phase, summed over every entry to it: `with timer("val"): ...`."""
+
+    def __init__(self):
+        self.seconds = {}
+
+    @contextmanager
+    def __call__(self, phase: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
+
+    def metrics(self) -> dict:
+        return {f"{phase}_seconds": seconds for phase, seconds in self.seconds.items()}
 
 
 def add_adapters(cfg: TrialConfig, model, train_ex, pad_id, device) -> tuple:
@@ -137,11 +163,15 @@ def save_init(model, out: str) -> Path:
 def run_trial(cfg: TrialConfig, report=None, progress: bool = False,
               training: data.Training = data.Training()) -> dict:
     """Train one resolved config; returns the final metrics (also written to <out>/metrics.json)."""
-    started = time.perf_counter()
+    started, timer = time.perf_counter(), Timer()
     seed_everything(cfg.seed)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg.device)
-    model, tok, train_ex, val_ex = prepare(cfg, device, training)
+    dtype = pick_dtype(device, cfg.dtype)
+    with timer("load"):
+        model, tok = load(cfg.model, device, dtype, cfg.trust_remote_code)
+    with timer("data"):
+        train_ex, val_ex = examples(cfg, tok, training)
     model, info = add_adapters(cfg, model, train_ex, tok.pad_token_id, device)
     method = methods.get(cfg.method)
     init_dir = save_init(model, cfg.out) if method.mutates_base else None
@@ -150,17 +180,21 @@ def run_trial(cfg: TrialConfig, report=None, progress: bool = False,
     params = [p for p in model.parameters() if p.requires_grad]
     info.update(trainable_params=sum(p.numel() for p in params),
                 total_params=sum(p.numel() for p in model.parameters()))
-    batches = data.shuffled(train_ex, cfg.batch_size, tok.pad_token_id, cfg.seed)
-    val = lambda: validation_loss(model, val_ex, cfg.batch_size, tok.pad_token_id)
+    flops, (peak_flops, info["peak_source"]) = Counter(model), peak(device, dtype)
+    batches = data.batches(train_ex, cfg.batch_size, tok.pad_token_id, cfg.seed, cfg.batching)
+
+    def val():
+        with timer("val"):
+            return validation_loss(model, val_ex, cfg.batch_size, tok.pad_token_id)
 
     val_init = val()
     history = [dict(step=0, val_loss=val_init, lr_now=lr_schedule.get_last_lr()[0])]
     if report:
         report(history[0])
-    status, ema, tokens, train_time, step_times, memory = "finished", None, 0, 0.0, [], []
+    status, ema, tokens, work, train_time, step_times, memory = "finished", None, 0, 0.0, 0.0, [], []
     model.train()
     bar = tqdm(total=cfg.steps, disable=not progress, desc=f"{cfg.method} lr={cfg.lr:g}", unit="step")
-    with PeakMemory(device) as peak:
+    with PeakMemory(device) as peak_memory:
         for step in range(1, cfg.steps + 1):
             start = time.perf_counter()
             loss = 0.0
@@ -169,7 +203,8 @@ def run_trial(cfg: TrialConfig, report=None, progress: bool = False,
                 part = maybe_inject(cfg, step, loss_of(model, batch)) / cfg.grad_accum
                 part.backward()
                 loss += part.item()
-                tokens += int(batch["attention_mask"].sum())
+                tokens += int(batch["attention_mask"].sum())  # real tokens: padding is not work done
+                work += flops.batch(batch)
             lr = lr_schedule.get_last_lr()[0]
             grad_norm = clip(params, cfg.max_grad_norm)
             optimizer.step()
@@ -177,7 +212,7 @@ def run_trial(cfg: TrialConfig, report=None, progress: bool = False,
             optimizer.zero_grad(set_to_none=True)
             step_times.append(time.perf_counter() - start)
             train_time += step_times[-1]
-            memory.append(peak.now())
+            memory.append(peak_memory.now())
             ema = loss if ema is None else 0.9 * ema + 0.1 * loss
             bar.update()
             bar.set_postfix(loss=f"{loss:.3f}")
@@ -185,11 +220,12 @@ def run_trial(cfg: TrialConfig, report=None, progress: bool = False,
                 status = "diverged"
             if status == "diverged" or step % cfg.eval_interval == 0 or step == cfg.steps:
                 point = dict(step=step, train_loss=loss, lr_now=lr, grad_norm=grad_norm, train_tokens=tokens,
-                             train_seconds=train_time, tokens_per_s=tokens / train_time, peak_mem_mb=peak.so_far())
+                             train_seconds=train_time, tokens_per_s=tokens / train_time,
+                             mfu=work / train_time / peak_flops, peak_mem_mb=peak_memory.so_far())
                 if status == "finished":
                     point["val_loss"] = val()
                 history.append(point)
-                tokens, train_time = 0, 0.0
+                tokens, work, train_time = 0, 0.0, 0.0
                 if report:
                     report(point)
             if status == "diverged":
@@ -199,7 +235,8 @@ def run_trial(cfg: TrialConfig, report=None, progress: bool = False,
         save_adapter(cfg, model, init_dir)
     elif init_dir:
         shutil.rmtree(init_dir, ignore_errors=True)
-    info.update(mem_avg_mb=float(np.mean(memory)), mem_p99_mb=float(np.percentile(memory, 99)))
+    info.update(mem_avg_mb=float(np.mean(memory)), mem_p99_mb=float(np.percentile(memory, 99)),
+                peak_tflops=peak_flops / 1e12, **timer.metrics())
     result = summarize(history, status, val_init, info, step_times)
     result["seconds"] = time.perf_counter() - started
     Path(cfg.out, "metrics.json").write_text(json.dumps(
@@ -214,6 +251,6 @@ def summarize(history, status, val_init, info, step_times) -> dict:
     steady = step_times[len(step_times) // 4:] or step_times
     return dict(status=status, step=last["step"], val_loss=vals[-1], val_loss_init=val_init,
                 best_val_loss=min(vals), train_loss=last.get("train_loss"),
-                grad_norm=last.get("grad_norm"), tokens_per_s=last.get("tokens_per_s"),
+                grad_norm=last.get("grad_norm"), tokens_per_s=last.get("tokens_per_s"), mfu=last.get("mfu"),
                 peak_mem_mb=last.get("peak_mem_mb"), train_tokens=sum(p.get("train_tokens", 0) for p in history),
                 train_seconds=float(sum(step_times)), step_seconds=float(np.median(steady)) if steady else None, **info)

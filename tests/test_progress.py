@@ -133,3 +133,19 @@ def test_table_columns_align_and_gsm8k_columns_only_when_scored():
         assert line[end - 1] != " " and line[end:end + 1] in ("", " ")
     scored = [dict(rows[0], gsm8k_strict=0.1, gsm8k_flexible=0.2)]
     assert table(scored).splitlines()[0].split()[5:7] == ["strict", "flex"]
+
+
+def test_the_end_says_where_the_time_went():
+    p, clock, out = sweep()
+    trial = fake_trial(0, "lora", 2e-3)
+    p.on_trial_start(0, [], trial)
+    clock.now += 100
+    p.on_trial_result(0, [], trial, {"step": 24, "val_loss": 1.0, "status": "finished", "final": 1,
+                                     "train_seconds": 50.0, "score_seconds": 25.0, "val_seconds": 10.0,
+                                     "load_seconds": 4.0, "init_seconds": 0.5, "init_save_seconds": 0.5})
+    p.on_trial_complete(0, [], trial)
+    clock.now += 20   # the driver's own time after the trial
+    p.on_experiment_end([])
+    last = out.getvalue().splitlines()[-1]
+    assert last == ("time in trials (1:40): training 50%, scoring 25%, validation 10%, model load 4%, init 1%, "
+                    "other 10% (worker start, saving, reporting); 0:20 outside trials")

@@ -12,6 +12,7 @@ import functools
 import os
 import re
 import string
+import time
 from dataclasses import fields
 from pathlib import Path
 
@@ -101,7 +102,8 @@ class LLMTask:
             f"task {self.name}: {self.description} ({self.path})",
             f"  train rows: {_where(src, 'train')}, keeping {' and '.join(kept) or 'every row'}{cut}; "
             f"{trial.val_size} held out for validation loss (seed {self.training.split_seed}), then {rows} "
-            f"in dataset order, reshuffled every epoch",
+            f"in dataset order, reshuffled every epoch"
+            f"{', rows of similar length batched together' if trial.batching == 'bucket' else ''}",
             f"  training text: {fmt.prompt!r} + {fmt.answer!r}{' + end of sequence' if fmt.eos else ''}, "
             f"loss on {'prompt and answer' if fmt.loss == 'all' else 'the answer only'}, <= {trial.max_length} tokens",
             f"  scoring: lm-eval on {sc.benchmark} test ({_where(sc.source, 'test')}), "
@@ -116,7 +118,10 @@ class LLMTask:
     def score(self, cfg) -> dict:
         """Scores of a finished trial (also written as PEFT's result file, <out>/peft_result.json)."""
         from harness import peft_result
-        scores = self._evaluate(cfg) if cfg.eval_limit else {}
+        scores, start = {}, time.perf_counter()
+        if cfg.eval_limit:  # the whole phase: loading the base and the adapter, merging, lm-eval
+            scores = self._evaluate(cfg)
+            scores["score_seconds"] = time.perf_counter() - start
         peft_result.write(cfg.out, scores, self.training.format.prompt, f"{self.scoring.benchmark}_flexible")
         return scores
 

@@ -1,0 +1,157 @@
+"""Real tokens per second of the training loop before and after length-aware batching and
+selective logits, side by side in one run, with the validation loss each reaches and its memory.
+
+    python benchmarks/throughput.py --data-dir ../shared/data [--steps 24] [--seeds 2] [--json FILE]
+
+Loops (lora, the `cpu` preset's model, batch, length, schedule and clipping):
+- padded: random batches padded to their longest row, logits at every position (the loop before);
+- bucketed: rows of similar length batched together, logits only where labels are set.
+
+1. Speed: one model per (loop, seed), stepped in interleaved rounds (one step of each per round,
+   order rotated) so machine noise hits all alike. Real tokens are the non-padding tokens; the
+   first rounds are warm-up and not timed.
+2. Quality: each model's validation loss after the same number of steps (the same number of
+   examples); the loops' difference is compared with the spread between seeds of one loop.
+3. Memory: peak resident memory over a few steps of each loop, each in a fresh process.
+"""
+
+import argparse
+import json
+import multiprocessing
+import os
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+import methods  # noqa: E402
+from harness import data  # noqa: E402
+from harness.config import TrialConfig  # noqa: E402
+from harness.flops import Counter, peak  # noqa: E402
+from harness.loss import loss_of  # noqa: E402
+from harness.memory import PeakMemory  # noqa: E402
+from harness.model import pick_device  # noqa: E402
+from harness.tasks import resolve  # noqa: E402
+from harness.train import add_adapters, clip, prepare, schedule, seed_everything, validation_loss  # noqa: E402
+
+LOOPS = {"padded": dict(batching="shuffle", selective=False), "bucketed": dict(batching="bucket", selective=True)}
+LR, WARMUP, MEMORY_STEPS, TARGET = 2e-4, 2, 3, 1.3
+
+
+class Run:
+    """A lora model trained by one loop from one seed, as run_trial trains it."""
+
+    def __init__(self, args, loop: str, seed: int):
+        self.loop, self.seed, self.selective = loop, seed, LOOPS[loop]["selective"]
+        cfg = resolve(TrialConfig(method="lora", lr=LR, preset="cpu", model=args.model, data_dir=args.data_dir,
+                                  seed=seed, steps=args.steps, batching=LOOPS[loop]["batching"]))
+        seed_everything(seed)
+        self.device = pick_device(cfg.device)
+        self.model, tok, train_ex, val_ex = prepare(cfg, self.device)
+        self.model, _ = add_adapters(cfg, self.model, train_ex, tok.pad_token_id, self.device)
+        self.model.train()
+        self.optimizer = methods.get("lora").optimizer(self.model, cfg.lr, cfg.hparams, cfg.weight_decay)
+        self.schedule, self.cfg = schedule(self.optimizer, cfg), cfg
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.batches = data.batches(train_ex, cfg.batch_size, tok.pad_token_id, seed, cfg.batching)
+        self.val = lambda: validation_loss(self.model, val_ex, cfg.batch_size, tok.pad_token_id)
+        self.flops = Counter(self.model)
+        self.times, self.tokens, self.padded, self.work = [], [], [], []
+
+    def step(self, timed: bool):
+        batch = next(self.batches)
+        start = time.perf_counter()
+        loss_of(self.model, batch, self.selective).backward()
+        clip(self.params, self.cfg.max_grad_norm)
+        self.optimizer.step()
+        self.schedule.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if timed:
+            self.times.append(time.perf_counter() - start)
+            self.tokens.append(int(batch["attention_mask"].sum()))
+            self.padded.append(batch["attention_mask"].numel())
+            self.work.append(self.flops.batch(batch))
+
+
+def memory_phase(args, loop: str) -> dict:
+    """Peak resident memory over a few steps of one loop, in MiB, with what was held before them."""
+    run = Run(args, loop, 0)
+    with PeakMemory(run.device) as memory:
+        before = memory.now()
+        for _ in range(MEMORY_STEPS):
+            run.step(timed=False)
+    return dict(peak_mb=memory.mb, before_mb=before, steps_mb=memory.mb - before)
+
+
+def in_fresh_process(phase, *args) -> dict:
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(phase, *args).result()
+
+
+def interleaved(runs: list[Run], steps: int):
+    for rnd in range(steps):
+        shift = rnd % len(runs)
+        for run in runs[shift:] + runs[:shift]:
+            run.step(timed=rnd >= WARMUP)
+        print(f"  round {rnd + 1}/{steps}" + (" (warm-up)" if rnd < WARMUP else ""), flush=True)
+
+
+def summary(runs: list[Run], peak_flops: float) -> dict:
+    out = {}
+    for loop in LOOPS:
+        mine = [r for r in runs if r.loop == loop]
+        seconds = sum(sum(r.times) for r in mine)
+        tokens = sum(sum(r.tokens) for r in mine)
+        out[loop] = dict(real_tokens_per_s=tokens / seconds, real_share=tokens / sum(sum(r.padded) for r in mine),
+                         mfu=sum(sum(r.work) for r in mine) / seconds / peak_flops,
+                         step_s=statistics.median(t for r in mine for t in r.times),
+                         val_loss={r.seed: r.val() for r in mine})
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--steps", type=int, default=24, help="steps per model (the first 2 untimed)")
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--json", help="also write the results to this file")
+    args = parser.parse_args()
+
+    print("memory, each loop in a fresh process ...", flush=True)
+    memory = {loop: in_fresh_process(memory_phase, args, loop) for loop in LOOPS}
+    runs = [Run(args, loop, seed) for seed in range(args.seeds) for loop in LOOPS]
+    print(f"{len(runs)} models ({', '.join(LOOPS)} x {args.seeds} seeds), {args.steps} rounds ...", flush=True)
+    interleaved(runs, args.steps)
+    peak_flops, source = peak(runs[0].device, next(runs[0].model.parameters()).dtype)
+    result = summary(runs, peak_flops)
+
+    print(f"\n{'loop':<9} {'real tok/s':>10} {'real share':>10} {'median step s':>13} {'MFU':>6} "
+          f"{'peak MiB':>9} {'steps MiB':>9}  val_loss by seed")
+    for loop, r in result.items():
+        losses = " ".join(f"{v:.4f}" for v in r["val_loss"].values())
+        print(f"{loop:<9} {r['real_tokens_per_s']:10.1f} {r['real_share']:10.1%} {r['step_s']:13.3f} "
+              f"{r['mfu']:6.1%} {memory[loop]['peak_mb']:9.0f} {memory[loop]['steps_mb']:9.0f}  {losses}")
+    speedup = result["bucketed"]["real_tokens_per_s"] / result["padded"]["real_tokens_per_s"]
+    means = {loop: statistics.mean(r["val_loss"].values()) for loop, r in result.items()}
+    spread = max(max(r["val_loss"].values()) - min(r["val_loss"].values()) for r in result.values())
+    print(f"\nMFU against the peak from: {source} ({peak_flops / 1e9:.0f} GFLOP/s)")
+    print(f"real tokens/s, bucketed / padded: {speedup:.2f}x (target >= {TARGET}) -> "
+          f"{'PASS' if speedup >= TARGET else 'MISS'}")
+    print(f"validation loss after {args.steps} steps: mean {means['padded']:.4f} padded, {means['bucketed']:.4f} "
+          f"bucketed; difference {abs(means['padded'] - means['bucketed']):.4f} against a seed-to-seed spread of "
+          f"{spread:.4f} -> {'within noise' if abs(means['padded'] - means['bucketed']) <= spread else 'BEYOND noise'}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(dict(args=vars(args), peak_flops=peak_flops, peak_source=source,
+                                                   loops=result, memory=memory, speedup=speedup), indent=2))
+
+
+if __name__ == "__main__":
+    main()
