@@ -38,6 +38,8 @@ def test_smoke_sweep_records_every_trial_in_mlflow(smoke_sweep):
         assert [m.step for m in history] == [0, 8, 16, 24]
         assert 0.0 <= metrics["gsm8k_strict"] <= 1.0 and 0.0 <= metrics["gsm8k_flexible"] <= 1.0
         assert metrics["gsm8k_n"] == 5
+        assert all(metrics[f"{phase}_seconds"] > 0 for phase in ("load", "data", "train", "val", "score"))
+        assert 0 < metrics["mfu"] < 1 and metrics["peak_tflops"] > 0
         assert run.data.tags["status"] == "finished"
         assert "adapter" in [a.path for a in client.list_artifacts(run.info.run_id)]
     assert len(seen) == 15
@@ -47,6 +49,7 @@ def test_smoke_sweep_records_every_trial_in_mlflow(smoke_sweep):
 def test_terminal_shows_progress_not_library_noise(smoke_sweep):
     storage, proc, _ = smoke_sweep
     assert "trials 15/15: 15 done" in proc.stdout
+    assert "time in trials (" in proc.stdout and "training " in proc.stdout
     assert "Configuration for experiment" not in proc.stdout + proc.stderr
     rows = json.loads((storage / "smoke" / "results.json").read_text())
     assert {r["status"] for r in rows} == {"finished"}

@@ -73,6 +73,10 @@ def test_trial_learns_and_saved_adapter_reloads(smoke, method, lr):
     assert val == pytest.approx(result["val_loss"], rel=1e-5)
     saved = json.loads(Path(cfg.out, "metrics.json").read_text())
     assert [p["step"] for p in saved["history"]] == [0, 8, 16, 24]
+    phases = ("load", "data", "init", "train", "val") + (("grad",) if method in ("lora-ga", "lora-one") else ())
+    assert all(saved[f"{phase}_seconds"] > 0 for phase in phases)
+    assert sum(saved[f"{phase}_seconds"] for phase in phases) < saved["seconds"]
+    assert 0 < saved["mfu"] < 1 and all(0 < p["mfu"] < 1 for p in saved["history"][1:])
 
 
 def test_same_seed_same_metrics(smoke, tmp_path):
