@@ -34,6 +34,17 @@ def test_a_signal_after_the_last_check_still_ends_the_block():
     assert err.value.signum == signal.SIGHUP
 
 
+def test_a_second_signal_before_any_check_acts_at_once():
+    start = time.monotonic()
+    with pytest.raises(Interrupted) as err:
+        with interrupt.caught():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # raised from the handler, before this ends
+    assert err.value.signum == signal.SIGINT and time.monotonic() - start < 2
+
+
 def test_the_guard_stops_tunes_loop_once(monkeypatch):
     stops = []
     monkeypatch.setattr(signal, "raise_signal", stops.append)
