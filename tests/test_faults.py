@@ -179,10 +179,10 @@ def test_two_sweeps_share_one_store_and_agree(tmp_path, data_dir):
     assert results[0] == results[1]
 
 
-# Four trials of several seconds each, one at a time on 2 cores: a signal sent once the first has
-# finished finds the sweep mid-way.
+# Four trials of several seconds each, one at a time: a signal sent once the first has finished
+# finds the sweep mid-way.
 LONG = ["--methods", "lora", "--lrs", "1e-2,2e-2,3e-2,4e-2", "--preset", "smoke", "--steps", "48",
-        "--eval-interval", "8", "--eval-limit", "0"]
+        "--eval-interval", "8", "--eval-limit", "0", "--max-concurrent", "1"]
 FINISHED_TRIAL = "*/checkpoint_*/metrics.json"  # a trial's files, persisted by Ray as its checkpoint
 
 
