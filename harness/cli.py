@@ -10,7 +10,8 @@ import urllib.parse
 from pathlib import Path
 
 from harness import storage, tasks
-from harness.config import PRESETS, TrialConfig, UsageError, check_name, load_yaml, positive, quote, writable
+from harness.config import (PRESETS, Interrupted, TrialConfig, UsageError, check_name, load_yaml, positive, quote,
+                            writable)
 
 
 class Parser(argparse.ArgumentParser):
@@ -178,7 +179,7 @@ def sweep_config(args):
         seeds=args.seeds if args.seeds is not None else (3 if args.search == "refine" else 1), lrs=args.lrs,
         resolution=args.resolution, budget=args.budget, cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
-        max_failures=args.max_failures, address=args.address, storage=args.storage,
+        max_failures=args.max_failures, address=args.address, scale_wait=args.scale_wait, storage=args.storage,
         tracking_uri=args.tracking_uri, resume=bool(args.resume), spaces=args.spaces)
 
 
@@ -379,6 +380,9 @@ def add_run_options(p):
     p.add_argument("--max-failures", type=int, default=1, help="retries of a crashed trial")
     p.add_argument("--address", default="", help="Ray cluster to join (default: $RAY_ADDRESS, "
                    "else a local Ray)")
+    p.add_argument("--scale-wait", type=parse_number, default=0, metavar="SECONDS", help="for a cluster that adds "
+                   "nodes on demand (an autoscaler): a trial no node fits yet is a warning, and the sweep ends "
+                   "(exit 2) if no trial started within SECONDS (default 0: refused at once)")
     p.add_argument("--storage", default="", help="folder or bucket URI (s3://bucket/prefix) for sweep "
                    "files and Ray's trial checkpoints; credentials from AWS_* variables (default: ./runs)")
     p.add_argument("--name", default="", help="sweep name (default: <task>-<preset>-<time>)")
@@ -455,6 +459,9 @@ def main(argv=None) -> int:
     except UsageError as err:
         print(f"harness: error: {' '.join(str(err).split())[:2000]}", file=sys.stderr)
         return 2
+    except Interrupted as err:  # the sweep stopped what it started (harness/interrupt.py)
+        print(f"harness: interrupted: resume with {err.resume}", file=sys.stderr)
+        return 128 + err.signum
     except KeyboardInterrupt:
         print("harness: interrupted", file=sys.stderr)
         return 130

@@ -17,6 +17,15 @@ class UsageError(Exception):
     """Bad input: the CLI prints the message on one line and exits with code 2."""
 
 
+class Interrupted(Exception):
+    """A signal stopped the sweep (harness/interrupt.py): the CLI prints one line with `resume`, the
+    command that continues it, and exits with 128 + the signal's number."""
+
+    def __init__(self, signum: int, resume: str = ""):
+        super().__init__(f"signal {signum}")
+        self.signum, self.resume = signum, resume
+
+
 def quote(value, limit: int = 100) -> str:
     """A user's value for an error line: its repr, cut to `limit` characters (a value may be huge)."""
     text = repr(value) if not isinstance(value, str) or len(value) <= 10 * limit else repr(value[:10 * limit])

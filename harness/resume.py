@@ -14,7 +14,7 @@ from harness.config import TrialConfig, UsageError, check_name, quote
 CONFIG_FILE = "sweep.json"
 # May differ on resume: where the sweep runs, not what it runs (and the template's method, which
 # follows --methods, compared itself). The tracking store may not: its runs hold the sweep so far.
-WHERE = ("storage", "address", "resume", "method")
+WHERE = ("storage", "address", "scale_wait", "resume", "method")
 
 
 def save(sc):
@@ -46,6 +46,7 @@ def merge(saved, given, default):
                              f"{_shown(ours[key])}: a resumed sweep keeps its settings: leave {flag} out, "
                              f"or start a new sweep with --name")
     saved.storage, saved.address = given.storage or saved.storage, given.address or saved.address
+    saved.scale_wait = given.scale_wait or saved.scale_wait
     if given.tracking_uri or "***" in saved.tracking_uri:  # the password was not saved: give it again
         saved.tracking_uri = given.tracking_uri
         if not (saved.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")):

@@ -4,11 +4,18 @@ A location is a string: an absolute folder path, or a URI that pyarrow resolves 
 gs://bucket/prefix, ...). `join` extends either kind. Object-store credentials and endpoint come
 only from the standard environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL or
 AWS_ENDPOINT_URL_S3, AWS_DEFAULT_REGION), which pyarrow reads itself: no secret passes through the
-harness's flags, output or files."""
+harness's flags, output or files.
 
+A sweep is owned by one driver at a time through a lock file in its location (`Lock`)."""
+
+import fcntl
+import json
+import os
 import shutil
+import socket
 import tempfile
 import threading
+import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -157,3 +164,135 @@ def local_folder(location: str):
         upload(temp, location)
     finally:
         shutil.rmtree(temp, ignore_errors=True)
+
+
+HEARTBEAT_SECONDS = 15  # how often a driver rewrites its lock's heartbeat
+STALE_SECONDS = 120     # another host's lock without a heartbeat for this long is stale (clocks must agree)
+SETTLE_SECONDS = 2      # bucket: how long a writer waits before reading back whether its lock stands
+
+
+class Held(Exception):
+    """The lock belongs to a live owner; `holder` is its record (host, pid, heartbeat)."""
+
+    def __init__(self, holder: dict):
+        super().__init__(f"pid {holder.get('pid')} on host {holder.get('host')}")
+        self.holder = holder
+
+
+def read_lock(location: str) -> dict | None:
+    """A lock's record, or None if there is none. A record being written (empty) or damaged counts
+    as a fresh one of an unknown owner, dated by the file's time."""
+    fs, path = resolve(location)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        return None
+    try:
+        data = read_bytes(location)
+    except OSError:
+        if exists(location):
+            raise
+        return None  # released meanwhile
+    try:
+        return json.loads(data)
+    except ValueError:
+        return {"host": "unknown", "pid": 0, "heartbeat": info.mtime.timestamp(), "token": ""}
+
+
+def alive(holder: dict) -> bool:
+    """Whether a lock's owner may still run: on this host, its process exists; on another, its
+    heartbeat is recent."""
+    if holder.get("host") == socket.gethostname() and holder.get("pid"):
+        try:
+            os.kill(int(holder["pid"]), 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # another user's process
+            return True
+        return True
+    return time.time() - holder.get("heartbeat", 0) < STALE_SECONDS
+
+
+def lock_holder(location: str) -> dict | None:
+    """The live owner of a lock, if any."""
+    holder = read_lock(location)
+    return holder if holder and alive(holder) else None
+
+
+class Lock:
+    """Exclusive ownership of a sweep: a file holding its driver's host, pid and heartbeat,
+    rewritten every HEARTBEAT_SECONDS by a thread until `release`.
+
+    On a folder it is created with O_CREAT|O_EXCL, which is atomic; a stale lock is removed under
+    an flock of a guard file beside it (so two takers cannot both remove it and both create
+    theirs), then created the same way. A bucket has no write-if-absent: the lock is written, and
+    read back SETTLE_SECONDS later; the writer whose record stands owns it. Two drivers whose read
+    (finding no lock) and write are more than SETTLE_SECONDS apart could both win: a race of two
+    starts within that window, in practice only a stalled store."""
+
+    def __init__(self, location: str):
+        self.location = location
+        self.token = uuid.uuid4().hex
+        self.replaced = None  # the stale owner's record, when taken over
+        self.lost = None      # the record of whoever took it over from us, if anyone did
+        self._stop = threading.Event()
+        self._beat = threading.Thread(target=self._heartbeat, daemon=True)
+
+    def record(self) -> str:
+        return json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "heartbeat": time.time(),
+                           "token": self.token})
+
+    def acquire(self) -> "Lock":
+        """Take the lock, or raise Held with its live owner's record."""
+        holder = read_lock(self.location)
+        if holder and alive(holder):
+            raise Held(holder)
+        self.replaced = holder
+        if is_uri(self.location):
+            self._take_bucket()
+        else:
+            self._take_folder(holder)
+        self._beat.start()
+        return self
+
+    def _take_folder(self, stale: dict | None):
+        path = Path(self.location)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if stale is not None:
+            with open(f"{path}.guard", "a") as guard:
+                fcntl.flock(guard, fcntl.LOCK_EX)
+                if read_lock(self.location) == stale:  # not taken over by another meanwhile
+                    path.unlink(missing_ok=True)
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            raise Held(read_lock(self.location) or {}) from None
+        with os.fdopen(fd, "w") as f:
+            f.write(self.record())
+
+    def _take_bucket(self):
+        write_text(self.location, self.record())
+        time.sleep(SETTLE_SECONDS)
+        standing = read_lock(self.location)
+        if not standing or standing.get("token") != self.token:
+            raise Held(standing or {})
+
+    def _heartbeat(self):
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            try:
+                current = read_lock(self.location)
+                if not current or current.get("token") != self.token:
+                    self.lost = current or {}
+                    return
+                write_text(self.location, self.record())
+            except OSError:  # a store that does not answer for a while: try again at the next beat
+                continue
+
+    def release(self):
+        """Stop the heartbeat and remove the lock, unless someone else holds it now."""
+        self._stop.set()
+        if self._beat.is_alive():
+            self._beat.join()
+        current = read_lock(self.location)
+        if current and current.get("token") == self.token:
+            fs, path = resolve(self.location)
+            fs.delete_file(path)

@@ -9,20 +9,24 @@ import json
 import logging
 import logging.handlers
 import os
+import shlex
 import socket
+import sys
 import tempfile
 import time
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import methods
-from harness import resume, search, spaces, storage, tasks, tracking
-from harness.config import TrialConfig, UsageError, check_name, positive, quote, trial_spec, writable
+from harness import interrupt, resume, search, spaces, storage, tasks, tracking
+from harness.config import Interrupted, TrialConfig, UsageError, check_name, positive, quote, trial_spec, writable
 from harness.progress import Progress
 from harness.search import DIVERGED
 from harness.tasks import preset_hparams, resolve
 
 LISTED = 200     # a dry run lists the trials of a grid up to this many, else summarizes it
+LOCK = "driver.lock"  # in the sweep's location: its driver's host, pid and heartbeat (storage.Lock)
 
 
 @dataclass
@@ -42,6 +46,7 @@ class SweepConfig:
     max_concurrent: int = 0
     max_failures: int = 1
     address: str = ""
+    scale_wait: float = 0           # seconds a trial may wait for nodes the cluster adds (0: refuse at once)
     storage: str = ""               # a folder or a bucket URI (harness/storage.py)
     tracking_uri: str = ""
     resume: bool = False
@@ -62,7 +67,7 @@ def prepare(sc: SweepConfig) -> list[dict]:
         raise UsageError(f"unknown scheduler {quote(sc.scheduler)}: use none or asha")
     for name in ("trials", "seeds"):
         positive(f"--{name}", getattr(sc, name))
-    for name in ("cpus_per_trial", "gpus_per_trial", "max_concurrent", "max_failures"):
+    for name in ("cpus_per_trial", "gpus_per_trial", "max_concurrent", "max_failures", "scale_wait"):
         positive(f"--{name.replace('_', '-')}", getattr(sc, name), allow_zero=True)
     sc.methods = [methods.get(m).name for m in sc.methods]
     sc.trial = resolve(replace(sc.trial, method=sc.methods[0], lr=1.0, hparams={}))
@@ -78,6 +83,9 @@ def prepare(sc: SweepConfig) -> list[dict]:
     if not storage.is_uri(sc.storage):
         writable("--storage", Path(sc.storage))
     sc.tracking_uri = tracking.resolve_uri(sc.tracking_uri, sc.storage)  # before any file is written
+    holder = storage.lock_holder(storage.join(sc.path, LOCK))
+    if holder:
+        raise running(sc, holder)
     exists = storage.exists(storage.join(sc.path, "tuner.pkl"))
     if sc.resume and not exists:
         raise UsageError(f"no sweep named {sc.name!r} under {sc.storage}: check --name/--storage, "
@@ -86,7 +94,9 @@ def prepare(sc: SweepConfig) -> list[dict]:
         raise UsageError(f"sweep {sc.name!r} already exists under {sc.storage}: "
                          f"use --resume {sc.name} to continue it, or another --name")
     _check_address(sc)
-    _check_gpus(sc)
+    if not (sc.address or os.environ.get("RAY_ADDRESS")):
+        import torch
+        _check_nodes(sc, [{"CPU": os.cpu_count() or 1, "GPU": torch.cuda.device_count()}])
     task.preflight(sc.trial)
     seeds = list(range(sc.trial.seed, sc.trial.seed + sc.seeds))
     plan = spaces.plan(sc.methods, sc.trial.preset, sc.lrs, seeds, method_spaces(sc))
@@ -133,12 +143,40 @@ def _check_address(sc: SweepConfig):
                          f"(host:port of the head node) and that `ray start --head` runs there") from None
 
 
-def _check_gpus(sc: SweepConfig):
-    if sc.gpus_per_trial and not sc.address and not os.environ.get("RAY_ADDRESS"):
-        import torch
-        if torch.cuda.device_count() == 0:
-            raise UsageError(f"--gpus-per-trial {sc.gpus_per_trial:g} but this machine has no GPU: "
-                             f"use --gpus-per-trial 0, or --address of a cluster with GPUs")
+def unfit(cpus: float, gpus: float, nodes: list[dict], cluster: str = "") -> str:
+    """Why no node (its resources: {"CPU": n, "GPU": n}) of the cluster at `cluster` (or of this
+    machine) can take a trial of `cpus` and `gpus`, or "" if one can."""
+    have = [(node.get("CPU", 0), node.get("GPU", 0)) for node in nodes]
+    if any(c >= cpus and g >= gpus for c, g in have):
+        return ""
+    where = f"the largest node of the cluster at {cluster} has" if cluster else "this machine has"
+    # GPUs first: the CPUs' default follows from them
+    for flag, need, i, unit in (("--gpus-per-trial", gpus, 1, "GPUs"), ("--cpus-per-trial", cpus, 0, "CPUs")):
+        most = max((h[i] for h in have), default=0)
+        if need > most:
+            return f"{flag} {need:g} but {where} {most:g} {unit}"
+    return f"--cpus-per-trial {cpus:g} with --gpus-per-trial {gpus:g} but no node of the cluster at {cluster} has both"
+
+
+def _check_nodes(sc: SweepConfig, nodes: list[dict], cluster: str = ""):
+    """A trial no node can take would wait forever: refused, unless the cluster may add nodes
+    (--scale-wait), where it is a warning and the trials get that long to start."""
+    problem = unfit(*_resources(sc), nodes, cluster)
+    if problem and sc.scale_wait and cluster:
+        print(f"harness: warning: {problem} now: waiting up to {sc.scale_wait:g} s for the cluster to add a "
+              f"node that fits (--scale-wait)", file=sys.stderr, flush=True)
+        interrupt.wait_for_nodes(sc.scale_wait)
+    elif problem:
+        raise UsageError(f"{problem}: lower it, or use --address of a cluster with such nodes (--scale-wait "
+                         f"if it adds nodes on demand)")
+
+
+def running(sc: SweepConfig, holder: dict) -> UsageError:
+    age = time.time() - holder.get("heartbeat", 0)
+    return UsageError(f"sweep {sc.name!r} is running: its driver is pid {holder.get('pid')} on host "
+                      f"{holder.get('host')} (heartbeat {age:.0f} s ago): wait for it to end or stop it, then use "
+                      f"--resume {sc.name} (its lock, {storage.join(sc.path, LOCK)}, is taken over once that "
+                      f"driver is gone)")
 
 
 def trial_count(sc: SweepConfig, plan: list[dict]) -> int:
@@ -254,7 +292,8 @@ def build_tuner(sc: SweepConfig, plan: list[dict], parent_id: str):
         tracking.Tracker.uri = sc.tracking_uri  # not pickled with the tracker
         return tune.Tuner.restore(f"{path}/{sc.name}", trainable, resume_errored=True, storage_filesystem=fs)
     total = trial_count(sc, plan)
-    callbacks = [tracking.Tracker(sc.tracking_uri, sc.trial.task, sc.name, parent_id), Progress(total, sc.trial.steps)]
+    callbacks = [tracking.Tracker(sc.tracking_uri, sc.trial.task, sc.name, parent_id), Progress(total, sc.trial.steps),
+                 interrupt.Guard()]
     tune_config = dict(max_concurrent_trials=sc.max_concurrent or None,
                        reuse_actors=tasks.get(sc.trial.task).reuse_workers)
     objective = dict(metric="objective", mode="min")  # given to the searcher and scheduler themselves
@@ -303,9 +342,21 @@ def start_ray(sc: SweepConfig):
     except Exception as err:
         raise UsageError(f"cannot reach the Ray cluster at {address} ({type(err).__name__}): "
                          f"check --address / RAY_ADDRESS and that `ray start --head` runs there") from None
-    if sc.gpus_per_trial and not ray.cluster_resources().get("GPU"):
-        ray.shutdown()
-        raise UsageError(f"--gpus-per-trial {sc.gpus_per_trial:g} but the cluster at {address} has no GPUs")
+    _check_nodes(sc, [node["Resources"] for node in ray.nodes() if node["Alive"]], address)
+
+
+def stop_ray():
+    """ray.shutdown, then wait until the processes the driver's Ray started are gone (workers
+    outlive their raylet for minutes otherwise); any left after 10 s are killed."""
+    import psutil
+    import ray
+    started = psutil.Process().children(recursive=True)
+    ray.shutdown()
+    _, left = psutil.wait_procs(started, timeout=10)
+    for proc in left:
+        with suppress(psutil.NoSuchProcess):
+            proc.kill()
+    psutil.wait_procs(left, timeout=5)
 
 
 def _route_logs(handler: logging.Handler):
@@ -350,30 +401,87 @@ def log_to_file(sc: SweepConfig, held: logging.handlers.MemoryHandler):
 
 
 def run(sc: SweepConfig, plan: list[dict], tags: dict | None = None) -> list[dict]:
-    """Run (or resume) the sweep; returns one summary row per trial, also in <sweep>/results.json."""
-    import ray
+    """Run (or resume) the sweep, owned by this driver (a second one gets exit 2); returns one
+    summary row per trial, also in <sweep>/results.json. SIGINT, SIGTERM and SIGHUP end it with
+    Interrupted, everything it started stopped (harness/interrupt.py)."""
     held = hold_logs()
-    start_ray(sc)  # before any file: an unreachable cluster must leave no run or folder behind
-    log_to_file(sc, held)
-    if not sc.resume:
-        resume.save(sc)
+    try:
+        with interrupt.caught():
+            try:
+                start_ray(sc)  # before any file: an unreachable cluster must leave no run or folder behind
+                interrupt.install()  # ray.init sets its own SIGTERM handler
+                with owned(sc):
+                    log_to_file(sc, held)
+                    if not sc.resume:
+                        resume.save(sc)
+                    rows = fit(sc, plan, tags)
+                    write_results(sc, rows)
+            finally:
+                stop_ray()
+    except Interrupted as err:
+        err.resume = resume_command(sc)
+        raise
+    return rows
+
+
+@contextmanager
+def owned(sc: SweepConfig):
+    """This driver owns the sweep while the block runs: a live owner is refused, a stale one's
+    lock taken over with a line saying so."""
+    lock = storage.Lock(storage.join(sc.path, LOCK))
+    try:
+        lock.acquire()
+    except storage.Held as err:
+        raise running(sc, err.holder) from None
+    if lock.replaced:
+        old = lock.replaced
+        print(f"harness: sweep {sc.name}: taking over the lock of pid {old.get('pid')} on host {old.get('host')}, "
+              f"which has ended (heartbeat {time.time() - old.get('heartbeat', 0):.0f} s ago)",
+              file=sys.stderr, flush=True)
+    try:
+        yield
+    finally:
+        lock.release()
+        if lock.lost is not None:
+            print(f"harness: warning: sweep {sc.name}: its lock was taken over by pid {lock.lost.get('pid')} on "
+                  f"host {lock.lost.get('host')} while this driver ran (no heartbeat for "
+                  f"{storage.STALE_SECONDS} s): check that sweep's results", file=sys.stderr, flush=True)
+
+
+def fit(sc: SweepConfig, plan: list[dict], tags: dict | None) -> list[dict]:
+    """The Tuner's run, under the sweep's parent run in MLflow: FINISHED, KILLED (a signal) or FAILED."""
     parent_id = tracking.start_sweep(sc.tracking_uri, sc.trial.task, sc.name, run_params(sc), tags or {})
     status = "FAILED"
     try:
+        interrupt.check()
         grid = build_tuner(sc, plan, parent_id).fit()
+        interrupt.check()  # Tune stopped its loop early on a signal
+        if interrupt.late():
+            raise UsageError(f"no node took a trial within --scale-wait {sc.scale_wait:g} s: lower --cpus-per-trial "
+                             f"/ --gpus-per-trial, or add such a node and use --resume {sc.name}")
         rows = [summary_row(r) for r in grid]
         status = "FINISHED"
+    except Interrupted:
+        status = "KILLED"
+        raise
     finally:
         tracking.finish_sweep(sc.tracking_uri, parent_id, status)
-        ray.shutdown()
         if storage.is_uri(sc.storage):
             storage.write_bytes(storage.join(sc.path, "harness.log"), log_file(sc).read_bytes())
+    return rows
+
+
+def resume_command(sc: SweepConfig) -> str:
+    default = not storage.is_uri(sc.storage) and Path(sc.storage) == Path("runs").resolve()
+    return f"harness run --resume {sc.name}" + ("" if default else f" --storage {shlex.quote(sc.storage)}")
+
+
+def write_results(sc: SweepConfig, rows: list[dict]):
     rows.sort(key=lambda r: (r["method"], r["lr"], r["seed"]))
     storage.write_text(storage.join(sc.path, "results.json"), json.dumps(rows, indent=2))
     if sc.search == "refine":
         storage.write_text(storage.join(sc.path, "refine.json"),
                            json.dumps(search.results(refine_state(sc.path)), indent=2))
-    return rows
 
 
 def refine_state(path: str) -> dict:

@@ -85,6 +85,8 @@ CASES = {
     "unreachable tracking server": (RUN + ["--tracking-uri", "http://127.0.0.1:9"], "127.0.0.1:9"),
     "unreachable Ray address": (RUN + ["--address", "127.0.0.1:9"], "127.0.0.1:9"),
     "GPUs where none exist": (RUN + ["--gpus-per-trial", "1"], "gpus-per-trial"),
+    "more CPUs per trial than the machine has": (RUN + ["--cpus-per-trial", "4096"], "--cpus-per-trial 4096 but this machine has"),
+    "negative --scale-wait": (RUN + ["--scale-wait", "-1"], "--scale-wait"),
     "resume of an unknown sweep": (RUN + ["--resume", "nope"], "nope"),
     "nightly config missing a field": (["nightly", "--config", "{suite}"], "methods"),
     "secret in a tracking URI": (RUN + ["--tracking-uri", "http://user:hunter2@127.0.0.1:9"], "user:***@"),

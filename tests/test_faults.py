@@ -1,7 +1,8 @@
 """Faults in a sweep: crashed, out-of-memory and killed trials are retried, then recorded as
 failed with their error, and the rest of the sweep completes; an absurd learning rate on the real
 model diverges early; two sweeps share one MLflow store safely and agree; nothing secret leaks
-(tokens in the environment, a password in the tracking URI)."""
+(tokens in the environment, a password in the tracking URI); SIGINT, SIGTERM and SIGHUP stop a
+sweep cleanly; a second driver of a running sweep is refused."""
 
 import json
 import os
@@ -12,6 +13,7 @@ import sys
 import time
 import urllib.request
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -175,3 +177,91 @@ def test_two_sweeps_share_one_store_and_agree(tmp_path, data_dir):
                                                  r["gsm8k_strict"]) for r in rows})
     assert len(results[0]) == 4 and all(len(v[0]) == 3 for v in results[0].values())
     assert results[0] == results[1]
+
+
+# Four trials of several seconds each, one at a time: a signal sent once the first has finished
+# finds the sweep mid-way.
+LONG = ["--methods", "lora", "--lrs", "1e-2,2e-2,3e-2,4e-2", "--preset", "smoke", "--steps", "48",
+        "--eval-interval", "8", "--eval-limit", "0", "--max-concurrent", "1"]
+FINISHED_TRIAL = "*/checkpoint_*/metrics.json"  # a trial's files, persisted by Ray as its checkpoint
+
+
+def start_driver(storage, data_dir, name, env=None):
+    """`harness run` of LONG in a session of its own (its pid is the session's id)."""
+    args = ["run", *LONG, "--data-dir", data_dir, "--storage", storage, "--name", name]
+    return subprocess.Popen([sys.executable, "-m", "harness.cli", *map(str, args)], start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+
+
+def wait_for(folder, pattern, driver, timeout=300):
+    deadline = time.monotonic() + timeout
+    while not list(folder.glob(pattern)):
+        assert driver.poll() is None, driver.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, f"no {pattern} after {timeout} s"
+        time.sleep(0.5)
+
+
+def session_processes(session: int) -> list[str]:
+    """The live processes (not zombies) of a session: what a driver started and left behind."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            name, _, rest = stat.read_text().rpartition(")")
+        except OSError:
+            continue
+        state, _, _, sid = rest.split()[:4]
+        if int(sid) == session and state != "Z":
+            found.append(f"{stat.parent.name} {name.partition('(')[2]}")
+    return found
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
+def test_a_signal_stops_the_sweep_cleanly(sig, tmp_path, data_dir):
+    """Sent by pid mid-sweep: one line, exit 128 + the signal's number, the parent run KILLED, no
+    process of the driver's Ray left, the lock released; after SIGINT, the resume runs every trial once."""
+    driver = start_driver(tmp_path, data_dir, "sig")
+    wait_for(tmp_path / "sig", FINISHED_TRIAL, driver)
+    driver.send_signal(sig)
+    _, err = driver.communicate(timeout=120)
+    assert driver.returncode == 128 + sig, err[-3000:]
+    assert err.splitlines() == [f"harness: interrupted: resume with harness run --resume sig --storage {tmp_path}"]
+    assert session_processes(driver.pid) == []
+    assert not (tmp_path / "sig" / "driver.lock").exists()
+    _, parents, _ = sweep_runs(tmp_path / "mlflow.db", "sig")
+    assert [p.info.status for p in parents] == ["KILLED"]
+    if sig != signal.SIGINT:
+        return
+    proc = run_cli("run", "--resume", "sig", "--storage", tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(rows_of(tmp_path, "sig")) == [1e-2, 2e-2, 3e-2, 4e-2]
+    _, parents, children = sweep_runs(tmp_path / "mlflow.db", "sig")
+    assert [p.info.status for p in parents] == ["FINISHED"]
+    assert sorted(float(r.data.params["lr"]) for r in children) == [1e-2, 2e-2, 3e-2, 4e-2]
+
+
+def test_a_second_driver_of_a_running_sweep_is_refused(tmp_path, data_dir):
+    """Two `harness run --name same` at once: one runs, the other exits 2 with one line naming the
+    first; `--resume same` while it runs is refused the same way, creating nothing."""
+    drivers = [start_driver(tmp_path, data_dir, "same") for _ in range(2)]
+    deadline = time.monotonic() + 300
+    while all(d.poll() is None for d in drivers) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    loser = next(d for d in drivers if d.poll() is not None)
+    winner = drivers[1 - drivers.index(loser)]
+    _, err = loser.communicate()
+    assert loser.returncode == 2 and winner.poll() is None, err[-3000:]
+    assert len(err.splitlines()) == 1
+    assert err.startswith(f"harness: error: sweep 'same' is running: its driver is pid {winner.pid} on host ")
+    wait_for(tmp_path / "same", "sweep.json", winner)
+    work, ray_tmp = tmp_path / "cwd", tmp_path / "raytmp"
+    work.mkdir()
+    proc = run_cli("run", "--resume", "same", "--storage", tmp_path, cwd=work, timeout=120,
+                   env={"RAY_TMPDIR": str(ray_tmp)})
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr[-3000:]
+    assert f"is running: its driver is pid {winner.pid}" in proc.stderr and "Traceback" not in proc.stderr
+    assert not any(work.iterdir()) and not ray_tmp.exists()
+    assert json.loads((tmp_path / "same" / "driver.lock").read_text())["pid"] == winner.pid
+    winner.send_signal(signal.SIGTERM)
+    winner.communicate(timeout=120)
+    assert winner.returncode == 143

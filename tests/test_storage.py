@@ -1,8 +1,14 @@
 """harness/storage.py on a local folder and on an S3 bucket (moto's server): atomic writes, read,
-exists, list; a bad URI, a missing bucket or an unreachable endpoint is one line and exit code 2
-before anything is created; credentials stay in the environment."""
+exists, list; a sweep's lock (one owner among racing takers, stale owners taken over, heartbeat);
+a bad URI, a missing bucket or an unreachable endpoint is one line and exit code 2 before anything
+is created; credentials stay in the environment."""
 
+import json
+import os
+import socket
+import subprocess
 import threading
+import time
 
 import pytest
 
@@ -117,3 +123,93 @@ def test_dry_run_on_a_bucket_shows_no_credentials(tmp_path, s3, data_dir):
     assert f"storage s3://{BUCKET}/sweeps/" in proc.stdout
     assert not any(secret in proc.stdout + proc.stderr for secret in (s3["AWS_SECRET_ACCESS_KEY"], s3["AWS_ACCESS_KEY_ID"]))
     assert storage.listdir(f"s3://{BUCKET}/sweeps") == []
+
+
+def lock_record(**fields) -> str:
+    return json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "heartbeat": time.time(), "token": "old",
+                       **fields})
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def race(where: str, takers: int = 8) -> tuple[list, list]:
+    """(locks taken, records of the owner the others were refused by) of takers starting at once."""
+    won, refused, start = [], [], threading.Barrier(takers)
+
+    def take():
+        start.wait()
+        try:
+            won.append(storage.Lock(where).acquire())
+        except storage.Held as err:
+            refused.append(err.holder)
+    threads = [threading.Thread(target=take) for _ in range(takers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return won, refused
+
+
+def test_one_of_many_racing_takers_gets_the_lock(root):
+    where = storage.join(root, "sweep", "driver.lock")
+    won, refused = race(where)
+    assert len(won) == 1 and len(refused) == 7
+    owner = storage.read_lock(where)
+    assert owner["token"] == won[0].token and owner["pid"] == os.getpid() and owner["host"] == socket.gethostname()
+    won[0].release()
+    assert storage.read_lock(where) is None
+
+
+def test_a_dead_owners_lock_is_taken_over_once(root):
+    where = storage.join(root, "sweep", "driver.lock")
+    storage.write_text(where, lock_record(pid=dead_pid()))
+    won, refused = race(where)
+    assert len(won) == 1 and len(refused) == 7 and won[0].replaced["token"] == "old"
+    assert storage.read_lock(where)["token"] == won[0].token
+    won[0].release()
+
+
+def test_a_live_owner_keeps_the_lock_until_it_ends(root):
+    where = storage.join(root, "driver.lock")
+    owner = subprocess.Popen(["sleep", "60"])
+    storage.write_text(where, lock_record(pid=owner.pid))
+    with pytest.raises(storage.Held) as err:
+        storage.Lock(where).acquire()
+    assert err.value.holder["pid"] == owner.pid and storage.lock_holder(where)["pid"] == owner.pid
+    owner.kill()
+    owner.wait()
+    assert storage.lock_holder(where) is None
+    lock = storage.Lock(where).acquire()
+    assert lock.replaced["pid"] == owner.pid
+    lock.release()
+
+
+def test_another_hosts_lock_is_stale_once_its_heartbeat_is(root):
+    where = storage.join(root, "driver.lock")
+    storage.write_text(where, lock_record(host="elsewhere", pid=1, heartbeat=time.time() - 30))
+    with pytest.raises(storage.Held):
+        storage.Lock(where).acquire()
+    storage.write_text(where, lock_record(host="elsewhere", pid=1, heartbeat=time.time() - storage.STALE_SECONDS - 1))
+    lock = storage.Lock(where).acquire()
+    assert lock.replaced["host"] == "elsewhere"
+    lock.release()
+
+
+def test_the_heartbeat_is_refreshed_and_a_lock_taken_over_is_left_to_its_owner(root, monkeypatch):
+    monkeypatch.setattr(storage, "HEARTBEAT_SECONDS", 0.2)
+    where = storage.join(root, "driver.lock")
+    lock = storage.Lock(where).acquire()
+    first = storage.read_lock(where)["heartbeat"]
+    deadline = time.monotonic() + 20
+    while storage.read_lock(where)["heartbeat"] == first and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert storage.read_lock(where)["heartbeat"] > first
+    while lock.lost is None and time.monotonic() < deadline:  # taken over, as after a stalled heartbeat
+        storage.write_text(where, lock_record(host="elsewhere", token="theirs"))  # again if a beat overwrote it
+        time.sleep(0.3)
+    lock.release()
+    assert lock.lost["token"] == "theirs" and storage.read_lock(where)["token"] == "theirs"

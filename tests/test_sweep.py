@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from harness.sweep import unfit
 from harness.tracking import sweep_rows
 from helpers import run_cli, sweep_runs
 
@@ -105,6 +106,7 @@ def test_resume_after_the_driver_is_killed(tmp_path, data_dir):
     # ... and the name alone resumes it with its saved settings; repeating them is fine too.
     proc = run_cli("run", "--resume", "killed", "--storage", tmp_path, "--preset", "smoke")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"harness: sweep killed: taking over the lock of pid {driver.pid} on host" in proc.stderr
     rows = json.loads((tmp_path / "killed" / "results.json").read_text())
     assert sorted(r["lr"] for r in rows) == [1e-2, 2e-2, 3e-2]
     assert {r["status"] for r in rows} == {"finished"}
@@ -117,3 +119,13 @@ def test_resume_after_the_driver_is_killed(tmp_path, data_dir):
     report = json.loads((tmp_path / "killed" / "report" / "report.json").read_text())["methods"]["lora"]
     assert report["trials"] == 3 and [(g["lr"], g["trials"]) for g in report["rungs"]] == \
         [(1e-2, 1), (2e-2, 1), (3e-2, 1)]
+
+
+def test_a_trial_that_no_node_fits_is_named_with_the_largest_node():
+    nodes = [{"CPU": 8, "GPU": 0}, {"CPU": 2, "GPU": 1}]  # ray.nodes()' resources
+    assert unfit(8, 0, nodes, "h:6379") == "" and unfit(2, 1, nodes, "h:6379") == ""
+    assert unfit(16, 0, nodes, "h:6379") == "--cpus-per-trial 16 but the largest node of the cluster at h:6379 has 8 CPUs"
+    assert unfit(1, 2, nodes, "h:6379") == "--gpus-per-trial 2 but the largest node of the cluster at h:6379 has 1 GPUs"
+    assert unfit(4, 1, nodes, "h:6379") == \
+        "--cpus-per-trial 4 with --gpus-per-trial 1 but no node of the cluster at h:6379 has both"
+    assert unfit(64, 0, [{"CPU": 2, "GPU": 0}]) == "--cpus-per-trial 64 but this machine has 2 CPUs"
