@@ -109,6 +109,7 @@ def test_disk_full_is_one_line_and_the_sweep_resumes_once_space_is_freed(small_d
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"harness: no space left in {sweep}"), err[-3000:]
     assert "needed" in lines[0] and "harness run --resume full" in lines[0]
+    print(lines[0])
     first = records(sweep)
     assert 1 <= len(first) < 3
     filler.unlink()
