@@ -1,4 +1,4 @@
-"""Command line: `harness methods`, `trial`, `run`, `report`, `nightly`, `ui`."""
+"""Command line: `harness methods`, `trial`, `run`, `report`, `sync`, `nightly`, `ui`."""
 
 import argparse
 import collections
@@ -10,8 +10,8 @@ import urllib.parse
 from pathlib import Path
 
 from harness import storage, tasks
-from harness.config import (PRESETS, Interrupted, TrialConfig, UsageError, check_name, load_yaml, positive, quote,
-                            writable)
+from harness.config import (PRESETS, Halt, Interrupted, TrialConfig, UsageError, check_name, load_yaml, positive,
+                            quote, writable)
 
 
 class Parser(argparse.ArgumentParser):
@@ -27,6 +27,10 @@ def quiet_libraries():
     # between the progress lines, and the URI's password with it.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # MLflow's client retries a request for minutes; the tracker's own bounded retries, then its
+    # queue, replace that (harness/tracking.py)
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
     import transformers
     transformers.utils.logging.disable_progress_bar()
 
@@ -210,6 +214,11 @@ def cmd_run(args):
     rows = sweep.run(sc, plan)
     print("\n" + table(rows))
     print(f"results: {storage.join(sc.path, 'results.json')}")
+    if tracking.pending(sc.path):  # the report reads MLflow: it waits for them
+        print(f"harness: {len(tracking.pending(sc.path))} records wait for the tracking store in "
+              f"{storage.join(sc.path, tracking.PENDING)}: send them with `harness sync {sc.name}`, then "
+              f"`harness report {sc.name}`", file=sys.stderr)
+        return failures(rows)
     if sc.search == "refine":
         for line in json.loads(storage.read_text(storage.join(sc.path, "refine.json")))["lines"]:
             hp = "".join(f" {k}={v}" for k, v in line["hparams"].items())
@@ -290,8 +299,8 @@ def cmd_nightly(args):
 
 
 def cmd_report(args):
+    from harness import tracking
     from harness.report import report
-    from harness.tracking import resolve_uri
     if args.tasks_dir:
         tasks.add_folder(args.tasks_dir)
     check_name("the sweep name", args.name)
@@ -304,11 +313,39 @@ def cmd_report(args):
             positive(f"--{flag.replace('_', '-')}", getattr(args, flag))
     where = storage.location(args.storage)
     storage.check(where)
-    uri = resolve_uri(args.tracking_uri, where)
+    if tracking.pending(storage.join(where, args.name)):  # MLflow, which the report reads, lacks them
+        raise UsageError(f"sweep {args.name}: records wait for the tracking store in "
+                         f"{storage.join(where, args.name, tracking.PENDING)}: run `harness sync {args.name}` first")
+    uri = tracking.resolve_uri(args.tracking_uri, where)
     check_recorded(uri, args.task, args.name)
     options = dict(metric=args.metric, loss_tol=args.loss_tol, acc_tol=args.acc_tol,
                    reference_lr=args.reference_lr, target_loss=args.target_loss)
     print(report(uri, args.task, args.name, storage.join(where, args.name), **options))
+    return 0
+
+
+def cmd_sync(args):
+    """Send a sweep's MLflow writes that were queued while its tracking store was down."""
+    from harness import resume, tracking
+    sc = resume.load(args.storage, args.name)
+    sc.storage = storage.location(args.storage)
+    saved = "" if "***" in sc.tracking_uri else sc.tracking_uri  # saved without its password
+    uri = tracking.resolve_uri(args.tracking_uri or saved, sc.storage)
+    waiting = tracking.pending(sc.path)
+    if not waiting:
+        print(f"sweep {sc.name}: nothing waits for the tracking store")
+        return 0
+    parent = tracking.find_parent(tracking.client(uri), sc.trial.task, sc.name)
+    if parent is None:
+        raise UsageError(f"no sweep named {quote(sc.name)} in {tracking.redact(uri)}: pass the --tracking-uri "
+                         f"it ran with")
+    try:
+        sent = tracking.sync(uri, sc.trial.task, sc.name, sc.path, parent)
+    except Exception as err:
+        left = len(tracking.pending(sc.path))
+        raise Halt(f"tracking store {tracking.redact(uri)} refused a write ({type(err).__name__}): {left} records "
+                   f"still wait; run `harness sync {sc.name}` again when it answers") from None
+    print(f"sweep {sc.name}: sent {sent} queued records to {tracking.redact(uri)}")
     return 0
 
 
@@ -319,8 +356,7 @@ def check_recorded(uri: str, task: str, name: str):
         raise UsageError(f"no sweep named {quote(name)}: there is no tracking store at {quote(uri)}: "
                          f"check --storage and --tracking-uri")
     mlf = tracking.client(uri)
-    exp = mlf.get_experiment_by_name(task)
-    parent = tracking.find_run(mlf, exp.experiment_id, **{"harness.sweep": name, "harness.kind": "sweep"}) if exp else None
+    parent = tracking.find_parent(mlf, task, name)
     if parent and mlf.get_run(parent).info.status == "RUNNING":
         raise UsageError(f"sweep {quote(name)} is still running (or its driver was killed: finish it with "
                          f"`harness run --resume {name}`): report on it when it has ended")
@@ -431,6 +467,10 @@ def build_parser() -> Parser:
     report.add_argument("--target-loss", type=parse_number, default=None,
                         help="convergence target val loss (default: the highest final loss of any method at "
                         "its best lr, which every method reaches)")
+    sync = sub.add_parser("sync", help="send a sweep's MLflow records that waited while its tracking store was down")
+    sync.add_argument("name", help="sweep name (see the sweep folders under --storage)")
+    sync.add_argument("--storage", default="", help="sweeps folder or bucket URI (default: ./runs)")
+    sync.add_argument("--tracking-uri", default="", help="MLflow URI (default: the sweep's)")
     nightly = sub.add_parser("nightly", help="run a nightly suite and compare it with the last night and the "
                              "pinned baseline; exit code 1 on a regression")
     nightly.add_argument("--config", required=True, help="suite YAML (see examples/nightly/)")
@@ -445,7 +485,7 @@ def build_parser() -> Parser:
 
 
 COMMANDS = {"methods": cmd_methods, "trial": cmd_trial, "run": cmd_run, "report": cmd_report,
-            "nightly": cmd_nightly,
+            "sync": cmd_sync, "nightly": cmd_nightly,
             "ui": cmd_ui}
 
 
@@ -462,6 +502,9 @@ def main(argv=None) -> int:
     except Interrupted as err:  # the sweep stopped what it started (harness/interrupt.py)
         print(f"harness: interrupted: resume with {err.resume}", file=sys.stderr)
         return 128 + err.signum
+    except Halt as err:
+        print(f"harness: {' '.join(str(err).split())[:2000]}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("harness: interrupted", file=sys.stderr)
         return 130

@@ -26,6 +26,11 @@ class Interrupted(Exception):
         self.signum, self.resume = signum, resume
 
 
+class Halt(Exception):
+    """The run cannot go on for a reason outside its input (a full disk): the CLI prints the
+    message on one line and exits with code 1."""
+
+
 def quote(value, limit: int = 100) -> str:
     """A user's value for an error line: its repr, cut to `limit` characters (a value may be huge)."""
     text = repr(value) if not isinstance(value, str) or len(value) <= 10 * limit else repr(value[:10 * limit])

@@ -8,6 +8,7 @@ harness's flags, output or files.
 
 A sweep is owned by one driver at a time through a lock file in its location (`Lock`)."""
 
+import errno
 import fcntl
 import json
 import os
@@ -22,9 +23,58 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from harness.config import UsageError
+from harness.config import Halt, UsageError
 
 REACH_SECONDS = 30  # an unreachable endpoint fails within this, before anything starts
+# how a full disk reads in errors that carry no errno: pyarrow's, SQLite's, ours from a worker
+NO_SPACE = ("No space left on device", "database or disk is full", "[Errno 28]", "[errno 28]", "no space left in ")
+SPARE = 2**20  # bytes a write leaves free beyond its own: the records and Tune's state follow it
+
+
+class DiskFull(Halt):
+    """A write that found no space; the message names the folder, what it needed and what is free."""
+
+
+def size_text(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+def says_no_space(text: str) -> bool:
+    return any(s in text for s in NO_SPACE)
+
+
+def no_space(err: BaseException | None) -> bool:
+    """Whether an error, or one it was raised from, is a full disk."""
+    while err is not None:
+        if getattr(err, "errno", None) == errno.ENOSPC or says_no_space(str(err)):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def free_bytes(location: str) -> int | None:
+    """Free space of a folder's file system (None for a bucket)."""
+    if is_uri(location):
+        return None
+    existing = next(p for p in (Path(location), *Path(location).parents) if p.exists())
+    return shutil.disk_usage(existing).free
+
+
+def disk_full(location: str, needed: int | None) -> DiskFull:
+    free = free_bytes(location)
+    need = f"{size_text(needed)} needed, " if needed else ""
+    have = f"{size_text(free)} free" if free is not None else "the store is full"
+    return DiskFull(f"no space left in {location}: {need}{have}")
+
+
+def check_space(location: str, needed: int):
+    """DiskFull now rather than a write that fails half-way (a folder; a bucket has no free size)."""
+    free = free_bytes(location)
+    if free is not None and free < needed + SPARE:
+        raise disk_full(location, needed)
 
 
 def is_uri(location: str) -> bool:
@@ -109,31 +159,38 @@ def read_text(location: str) -> str:
 
 
 @contextmanager
-def atomic_writer(location: str):
+def atomic_writer(location: str, size: int | None = None):
     """A file to write, which appears at `location` only once complete: it is written under a
     temporary name beside it, then moved into place, so a reader sees the old file or the whole
-    new one (a rename on disk, a copy on buckets)."""
+    new one (a rename on disk, a copy on buckets). No space for it is DiskFull, naming `size`."""
     fs, path = resolve(location)
     parent, _, name = path.rpartition("/")
-    fs.create_dir(parent, recursive=True)
     temp = f"{parent}/.{name}.{uuid.uuid4().hex}.tmp"
     try:
+        fs.create_dir(parent, recursive=True)
         with fs.open_output_stream(temp) as f:
             yield f
         fs.move(temp, path)
-    except BaseException:
+    except BaseException as err:
         if fs.get_file_info(temp).type != pafs.FileType.NotFound:
             fs.delete_file(temp)
+        if no_space(err):
+            raise disk_full(location.rpartition("/")[0], size) from None
         raise
 
 
 def write_bytes(location: str, data: bytes):
-    with atomic_writer(location) as f:
+    with atomic_writer(location, len(data)) as f:
         f.write(data)
 
 
 def write_text(location: str, text: str):
     write_bytes(location, text.encode())
+
+
+def delete(location: str):
+    fs, path = resolve(location)
+    fs.delete_file(path)
 
 
 def listdir(location: str) -> list[str]:

@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import methods
-from harness import interrupt, resume, search, spaces, storage, tasks, tracking
-from harness.config import Interrupted, TrialConfig, UsageError, check_name, positive, quote, trial_spec, writable
+from harness import interrupt, record, resume, search, spaces, storage, tasks, tracking
+from harness.config import Halt, Interrupted, TrialConfig, UsageError, check_name, positive, quote, trial_spec, writable
 from harness.progress import Progress
 from harness.search import DIVERGED
 from harness.tasks import preset_hparams, resolve
@@ -86,7 +86,7 @@ def prepare(sc: SweepConfig) -> list[dict]:
     holder = storage.lock_holder(storage.join(sc.path, LOCK))
     if holder:
         raise running(sc, holder)
-    exists = storage.exists(storage.join(sc.path, "tuner.pkl"))
+    exists = storage.exists(storage.join(sc.path, resume.CONFIG_FILE))  # saved first, before Tune's state
     if sc.resume and not exists:
         raise UsageError(f"no sweep named {sc.name!r} under {sc.storage}: check --name/--storage, "
                          f"or start it without --resume")
@@ -252,6 +252,10 @@ def train_trial(config: dict, base: dict):
     import ray.tune
     import torch
 
+    done = record.find(base["sweep"], record.key(trial_spec(config)))
+    if done and done["status"] in record.DONE:  # Tune's state missed its end (a crash): never run it twice
+        ray.tune.report({**done["metrics"], "status": done["status"], "recorded": 1})
+        return
     torch.set_num_threads(max(1, int(base["cpus"])))  # Ray may cap threads at 1 otherwise
     where = placement()
     cache = storage.join(base["sweep"], "inits")  # beside the sweep's files, folder or bucket alike
@@ -275,12 +279,15 @@ def train_trial(config: dict, base: dict):
                                          f"give the trial more memory (--gpus-per-trial)") from err
         scores = task.score(cfg) if result["status"] == "finished" else {}
         objective = result["val_loss"] if result["status"] == "finished" else DIVERGED
+        storage.check_space(base["sweep"], sum(p.stat().st_size for p in Path(out).rglob("*") if p.is_file()))
         ray.tune.report({**{k: v for k, v in result.items() if v is not None}, **scores, **where,
                          "final": 1, "objective": objective},
                         checkpoint=ray.tune.Checkpoint.from_directory(out))  # uploaded before it returns
 
 
 def build_tuner(sc: SweepConfig, plan: list[dict], parent_id: str):
+    """The Tuner of the sweep: Tune's own restored state on a resume, else a fresh one, which on a
+    resume (Tune's state damaged) leaves out the trials the record holds as done."""
     from ray import tune
     cpus, gpus = _resources(sc)
     template = {k: v for k, v in asdict(sc.trial).items() if k not in ("method", "lr", "seed", "hparams", "out")}
@@ -289,11 +296,20 @@ def build_tuner(sc: SweepConfig, plan: list[dict], parent_id: str):
     fs, path = storage.resolve(sc.storage)
     fs = fs if storage.is_uri(sc.storage) else None  # Ray's own handling of local folders
     if sc.resume:
-        tracking.Tracker.uri = sc.tracking_uri  # not pickled with the tracker
-        return tune.Tuner.restore(f"{path}/{sc.name}", trainable, resume_errored=True, storage_filesystem=fs)
+        # not pickled with the callbacks (a password; the sweep's location may move)
+        tracking.Tracker.uri, tracking.Tracker.where, record.Recorder.where = sc.tracking_uri, sc.path, sc.path
+        restored = restore(sc, trainable, f"{path}/{sc.name}", fs)
+        if restored:
+            return restored
+        if sc.search == "grid":  # a searcher suggests the recorded trials again: the trainable skips them
+            done = record.done_keys(sc.path)
+            plan = [entry for entry in plan if record.key(entry) not in done]
+            if not plan:
+                return None
     total = trial_count(sc, plan)
-    callbacks = [tracking.Tracker(sc.tracking_uri, sc.trial.task, sc.name, parent_id), Progress(total, sc.trial.steps),
-                 interrupt.Guard()]
+    callbacks = [record.Recorder(sc.path),  # first: a trial is recorded before it goes to MLflow
+                 tracking.Tracker(sc.tracking_uri, sc.trial.task, sc.name, parent_id, sc.path),
+                 Progress(total, sc.trial.steps), interrupt.Guard()]
     tune_config = dict(max_concurrent_trials=sc.max_concurrent or None,
                        reuse_actors=tasks.get(sc.trial.task).reuse_workers)
     objective = dict(metric="objective", mode="min")  # given to the searcher and scheduler themselves
@@ -320,6 +336,36 @@ def build_tuner(sc: SweepConfig, plan: list[dict], parent_id: str):
                                 failure_config=tune.FailureConfig(max_failures=sc.max_failures))
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune.TuneConfig(**tune_config),
                       run_config=run_config)
+
+
+def restore(sc: SweepConfig, trainable, experiment: str, fs):
+    """Tune's restored Tuner, or None, with one line, when Tune's state is damaged (a full disk
+    truncates its files): the sweep then goes on from the record."""
+    from ray import tune
+    try:
+        check_tune_state(experiment, fs)
+        return tune.Tuner.restore(experiment, trainable, resume_errored=True, storage_filesystem=fs)
+    except Exception as err:
+        print(f"harness: Tune's state of sweep {sc.name} is damaged ({quote(f'{type(err).__name__}: {err}')}): "
+              f"going on from the record of its trials in {storage.join(sc.path, record.FOLDER)}",
+              file=sys.stderr, flush=True)
+        return None
+
+
+def check_tune_state(experiment: str, fs):
+    """Raises unless the newest experiment state parses and gives every trial its config (a
+    truncated file would fail Tune, or our callbacks with KeyError 'method', after the start)."""
+    from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
+    from ray.tune.experiment import Trial
+    from ray.tune.utils.serialization import _loads_with_cloudpickle
+    newest = _find_newest_experiment_checkpoint(experiment, fs=fs)
+    if newest is None:
+        raise FileNotFoundError(f"no experiment state in {experiment}")
+    fs, path = (fs, newest) if fs else storage.resolve(newest)
+    with fs.open_input_stream(path) as f:
+        state = _loads_with_cloudpickle(f.readall())
+    for trial_state, _ in state["trial_data"]:
+        trial_spec(Trial.from_json_state(trial_state, stub=True).config)
 
 
 def start_ray(sc: SweepConfig):
@@ -393,6 +439,7 @@ def log_to_file(sc: SweepConfig, held: logging.handlers.MemoryHandler):
     saved = storage.join(sc.path, "harness.log")
     if storage.is_uri(sc.storage):  # the bucket's copy, or a new log
         path.write_bytes(storage.read_bytes(saved) if storage.exists(saved) else b"")
+    logging.raiseExceptions = False  # a full disk: no traceback on the terminal for each log line
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     held.setTarget(handler)
@@ -401,9 +448,10 @@ def log_to_file(sc: SweepConfig, held: logging.handlers.MemoryHandler):
 
 
 def run(sc: SweepConfig, plan: list[dict], tags: dict | None = None) -> list[dict]:
-    """Run (or resume) the sweep, owned by this driver (a second one gets exit 2); returns one
-    summary row per trial, also in <sweep>/results.json. SIGINT, SIGTERM and SIGHUP end it with
-    Interrupted, everything it started stopped (harness/interrupt.py)."""
+    """Run (or resume) the sweep, owned by this driver (a second one gets exit 2); returns one row
+    per settled trial, from the record, also in <sweep>/results.json. SIGINT, SIGTERM and SIGHUP end
+    it with Interrupted, everything it started stopped (harness/interrupt.py); a full disk with a
+    Halt that says how to go on."""
     held = hold_logs()
     try:
         with interrupt.caught():
@@ -415,7 +463,6 @@ def run(sc: SweepConfig, plan: list[dict], tags: dict | None = None) -> list[dic
                     if not sc.resume:
                         resume.save(sc)
                     rows = fit(sc, plan, tags)
-                    write_results(sc, rows)
             finally:
                 stop_ray()
     except Interrupted as err:
@@ -451,23 +498,34 @@ def owned(sc: SweepConfig):
 def fit(sc: SweepConfig, plan: list[dict], tags: dict | None) -> list[dict]:
     """The Tuner's run, under the sweep's parent run in MLflow: FINISHED, KILLED (a signal) or FAILED."""
     parent_id = tracking.start_sweep(sc.tracking_uri, sc.trial.task, sc.name, run_params(sc), tags or {})
+    if sc.resume:
+        send_queued(sc, parent_id, ended=False)  # the store answered resolve_uri: replay what waited
     status = "FAILED"
     try:
         interrupt.check()
-        grid = build_tuner(sc, plan, parent_id).fit()
+        tuner = build_tuner(sc, plan, parent_id)
+        if tuner:  # None: a resume that found every trial done in the record
+            tuner.fit()
         interrupt.check()  # Tune stopped its loop early on a signal
         if interrupt.late():
             raise UsageError(f"no node took a trial within --scale-wait {sc.scale_wait:g} s: lower --cpus-per-trial "
                              f"/ --gpus-per-trial, or add such a node and use --resume {sc.name}")
-        rows = [summary_row(r) for r in grid]
         status = "FINISHED"
     except Interrupted:
         status = "KILLED"
         raise
+    except Exception as err:
+        if isinstance(err, Halt) or storage.no_space(err):
+            told = str(err) if isinstance(err, Halt) else str(storage.disk_full(sc.path, None))
+            raise Halt(f"{told}: free space there, then `{resume_command(sc)}`") from None
+        raise
     finally:
-        tracking.finish_sweep(sc.tracking_uri, parent_id, status)
+        end_parent(sc, parent_id, status)
         if storage.is_uri(sc.storage):
             storage.write_bytes(storage.join(sc.path, "harness.log"), log_file(sc).read_bytes())
+    rows = write_results(sc, record.rows(sc.path))
+    if tracking.pending(sc.path):  # the store may be back by now
+        send_queued(sc, parent_id, ended=True)
     return rows
 
 
@@ -476,12 +534,36 @@ def resume_command(sc: SweepConfig) -> str:
     return f"harness run --resume {sc.name}" + ("" if default else f" --storage {shlex.quote(sc.storage)}")
 
 
-def write_results(sc: SweepConfig, rows: list[dict]):
+def write_results(sc: SweepConfig, rows: list[dict]) -> list[dict]:
     rows.sort(key=lambda r: (r["method"], r["lr"], r["seed"]))
     storage.write_text(storage.join(sc.path, "results.json"), json.dumps(rows, indent=2))
     if sc.search == "refine":
         storage.write_text(storage.join(sc.path, "refine.json"),
                            json.dumps(search.results(refine_state(sc.path)), indent=2))
+    return rows
+
+
+def end_parent(sc: SweepConfig, parent_id: str, status: str):
+    """The parent run's end status, queued when the store does not take it."""
+    try:
+        tracking.finish_sweep(sc.tracking_uri, parent_id, status)
+    except Exception:
+        logging.getLogger(__name__).warning("the parent run's end was not recorded", exc_info=True)
+        try:
+            tracking.queue(sc.path, tracking.PARENT, status=status)
+        except storage.DiskFull:  # a halt is on its way out: the parent stays RUNNING until the resume
+            pass
+
+
+def send_queued(sc: SweepConfig, parent_id: str, ended: bool):
+    """MLflow writes queued while the store was down, sent now if it answers (else they wait)."""
+    try:
+        sent = tracking.sync(sc.tracking_uri, sc.trial.task, sc.name, sc.path, parent_id, ended)
+    except Exception:
+        logging.getLogger(__name__).warning("queued MLflow writes not sent", exc_info=True)
+        return
+    if sent:
+        print(f"sent {sent} queued records to the tracking store", flush=True)
 
 
 def refine_state(path: str) -> dict:
@@ -498,17 +580,3 @@ def run_params(sc: SweepConfig) -> dict:
               **{f"trial.{k}": v for k, v in asdict(sc.trial).items() if k not in ("method", "lr", "seed")}}
     params["tracking_uri"] = tracking.redact(sc.tracking_uri)
     return params
-
-
-def summary_row(result) -> dict:
-    metrics = result.metrics or {}
-    spec = trial_spec(result.config)
-    status = "failed" if result.error else metrics.get("status", "finished")
-    status = "stopped" if status == "running" else status
-    keys = ("val_loss", "val_loss_init", "gsm8k_strict", "gsm8k_flexible", "gsm8k_n", "step")
-    row = {**spec, "status": status, **{k: metrics.get(k) for k in keys}}
-    if "refine" in result.config:  # why the searcher added the trial
-        row.update(result.config["refine"])
-    if result.error:
-        row["error"] = str(result.error).strip().splitlines()[-1][:300]
-    return row

@@ -8,12 +8,14 @@ reuses its parent and summary runs and never records a trial twice."""
 import fcntl
 import hashlib
 import json
+import logging
 import math
 import os
 import statistics
 import platform
 import re
 import subprocess
+import sys
 import time
 import urllib.parse
 import urllib.request
@@ -22,11 +24,10 @@ from pathlib import Path
 
 from ray.tune import Callback
 
-from harness import storage, tasks
+from harness import record, storage, tasks
 from harness.config import UsageError, quote, trial_spec, writable
+from harness.record import PLACEMENT, STEP_METRICS
 
-# lr_now: the scheduled learning rate at that step (the trial's lr is a param).
-STEP_METRICS = ("train_loss", "val_loss", "lr_now", "grad_norm", "tokens_per_s", "mfu", "peak_mem_mb", "alignment")
 PHASES = ("load", "data", "grad", "init", "train", "val", "score")  # <phase>_seconds of each trial
 FINAL_METRICS = ("val_loss_init", "best_val_loss", "step_seconds", "grad_peak_mb", "init_cached", "peak_tflops",
                  "gsm8k_strict", "gsm8k_strict_stderr", "gsm8k_flexible", "gsm8k_flexible_stderr", "gsm8k_n",
@@ -34,7 +35,6 @@ FINAL_METRICS = ("val_loss_init", "best_val_loss", "step_seconds", "grad_peak_mb
 # a summary run holds <metric>_mean, _std, _n of each over its finished seeds
 SUMMARY_METRICS = ("val_loss",) + FINAL_METRICS
 SETTLED = ("finished", "diverged", "failed", "stopped")
-PLACEMENT = ("ray.node_id", "host", "cuda_visible_devices")  # reported by each trial, tags of its run
 PACKAGES = ("torch", "transformers", "peft", "ray", "optuna", "lm_eval", "mlflow", "datasets")
 
 
@@ -130,6 +130,12 @@ def find_run(mlf, exp_id: str, **tags) -> str | None:
     query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
     runs = mlf.search_runs([exp_id], filter_string=query, max_results=1)
     return runs[0].info.run_id if runs else None
+
+
+def find_parent(mlf, task: str, sweep: str) -> str | None:
+    """The parent run of a sweep (None when the store holds no such sweep)."""
+    exp = mlf.get_experiment_by_name(task)
+    return find_run(mlf, exp.experiment_id, **{"harness.sweep": sweep, "harness.kind": "sweep"}) if exp else None
 
 
 def environment() -> dict:
@@ -270,62 +276,86 @@ def summary_name(method: str, lr: float, hparams: dict, defaults: dict, seeds: i
     return f"{method} lr={lr:g}{changed} ({seeds} seed{'s' * (seeds != 1)})"
 
 
+PENDING = "pending"    # <sweep>/pending/<record key>.json: trials whose MLflow writes wait for the store
+PARENT = "_parent"     # pending/_parent.json: the parent run's end status
+BATCH = 1000           # MLflow's most metrics in one log_batch
+
+
+def retry_seconds() -> float:
+    """How long a write is retried before its trial is queued (HARNESS_TRACKING_RETRY_SECONDS)."""
+    return float(os.environ.get("HARNESS_TRACKING_RETRY_SECONDS", "60"))
+
+
+def pending(where: str) -> list[str]:
+    """Record keys (and PARENT) of the writes queued for the sweep at `where`."""
+    return [n.removesuffix(".json") for n in storage.listdir(storage.join(where, PENDING))
+            if n.endswith(".json") and not n.startswith(".")]
+
+
+def queue(where: str, name: str, **content):
+    storage.write_text(storage.join(where, PENDING, f"{name}.json"), json.dumps({"key": name, **content}))
+
+
 class Tracker(Callback):
     """Mirrors every trial into a child run (params, metric histories, placement tags, status,
     the files of its checkpoint as artifacts), and each seed group into a summary run, updated
-    whenever one of its trials ends."""
+    whenever one of its trials ends. A settled trial is written from its record (harness.record),
+    whole and idempotently; a store that stays down past the retry budget neither fails a trial
+    nor stalls the sweep: the trial is queued for `harness sync` or --resume."""
 
-    uri = ""  # of a tracker restored by Tune.restore: set by the driver that resumes
+    uri = where = ""  # of a tracker restored by Tune.restore: set by the driver that resumes
+    down, halted = False, None
 
-    def __init__(self, uri: str, task: str, sweep: str, parent_id: str):
-        self.uri, self.task, self.sweep, self.parent_id = uri, task, sweep, parent_id
-        self.runs, self.last, self.placed, self.checkpoints = {}, {}, {}, {}
+    def __init__(self, uri: str, task: str, sweep: str, parent_id: str, where: str):
+        self.uri, self.task, self.sweep, self.parent_id, self.where = uri, task, sweep, parent_id, where
+        self.runs, self.placed = {}, {}
 
     def __getstate__(self):
-        # Tune pickles callbacks with the experiment (tuner.pkl): clients do not pickle, and the
-        # URI may hold a password, which must not be saved.
-        return {k: v for k, v in self.__dict__.items() if k not in ("_mlf", "runs", "uri")} | {"runs": {}, "placed": {}}
+        # Tune pickles callbacks with the experiment (tuner.pkl): clients do not pickle, the URI
+        # may hold a password, which must not be saved, and the sweep's location may move.
+        kept = {k: v for k, v in self.__dict__.items() if k not in ("_mlf", "uri", "where", "down", "halted")}
+        return kept | {"runs": {}, "placed": {}}
 
     @property
     def mlf(self):
         if "_mlf" not in self.__dict__:
-            self._mlf = client(self.uri)
-            self.exp = experiment_id(self._mlf, self.task)
+            mlf = client(self.uri)
+            self.exp = experiment_id(mlf, self.task)
+            self._mlf = mlf
         return self._mlf
 
-    def run_of(self, trial) -> str:
-        if trial.trial_id not in self.runs:
+    def run_of(self, trial_id: str, spec: dict) -> str:
+        if trial_id not in self.runs:
             mlf = self.mlf
-            tags = {"harness.sweep": self.sweep, "harness.trial_id": trial.trial_id}
-            run_id = find_run(mlf, self.exp, **tags) or self._same_trial(trial)
+            tags = {"harness.sweep": self.sweep, "harness.trial_id": trial_id}
+            params = self._params(spec)
+            run_id = find_run(mlf, self.exp, **tags) or self._same_trial(trial_id, params)
             if run_id is None:
-                params = self._params(trial)
                 name = f"{params['method']} lr={params['lr']:g} seed={params['seed']}"
                 run_id = mlf.create_run(self.exp, run_name=name, tags={
                     **tags, "mlflow.parentRunId": self.parent_id, "method": params["method"],
                     "harness.kind": "trial", "harness.group": group_of(params),
                     "status": "running"}).info.run_id
                 self._log_params(run_id, params)
-            self.runs[trial.trial_id] = run_id
-        return self.runs[trial.trial_id]
+            self.runs[trial_id] = run_id
+        return self.runs[trial_id]
 
-    def _same_trial(self, trial) -> str | None:
+    def _same_trial(self, trial_id: str, params: dict) -> str | None:
         """The run of the same config and seed under another trial id: a searcher restored from an
-        older checkpoint than the trials (refine, after a kill) suggests it again with a new id."""
-        params = self._params(trial)
+        older checkpoint than the trials (refine, after a kill), or a fresh Tuner after Tune's
+        state was damaged, runs it again with a new id."""
         query = (f"tags.`harness.sweep` = '{self.sweep}' and tags.`harness.kind` = 'trial' and "
                  f"tags.`harness.group` = '{group_of(params)}' and params.seed = '{params['seed']}'")
         runs = self.mlf.search_runs([self.exp], filter_string=query, max_results=1)
         if not runs:
             return None
-        self.mlf.set_tag(runs[0].info.run_id, "harness.trial_id", trial.trial_id)
+        self.mlf.set_tag(runs[0].info.run_id, "harness.trial_id", trial_id)
         return runs[0].info.run_id
 
-    def _name(self, trial, status: str) -> str:
+    def _name(self, spec: dict, status: str, last: dict) -> str:
         """'lora lr=0.002 seed=0: val_loss 0.8707, GSM8K 1/10' once the trial ended: the runs
         table shows run names, and no metric until columns are picked."""
-        params, last = self._params(trial), self.last.get(trial.trial_id, {})
-        name = f"{params['method']} lr={params['lr']:g} seed={params['seed']}"
+        name = f"{spec['method']} lr={spec['lr']:g} seed={spec['seed']}"
         if status != "finished" or last.get("val_loss") is None:
             return f"{name}: {status}"
         text = f"{name}: val_loss {last['val_loss']:.4g}"
@@ -335,20 +365,19 @@ class Tracker(Callback):
             text += f", {bench.upper()} {round(last[f'{bench}_flexible'] * n)}/{n}"
         return text
 
-    def _params(self, trial) -> dict:
-        cfg = trial_spec(trial.config)
-        hparams = tasks.get(self.task).hparams(cfg["method"], cfg["hparams"])  # rank, alpha, ... too
-        return {"method": cfg["method"], "lr": cfg["lr"], "seed": cfg["seed"], **hparams}
+    def _params(self, spec: dict) -> dict:
+        hparams = tasks.get(self.task).hparams(spec["method"], spec["hparams"])  # rank, alpha, ... too
+        return {"method": spec["method"], "lr": spec["lr"], "seed": spec["seed"], **hparams}
 
     def _log_params(self, run_id, params):
         from mlflow.entities import Param
         self.mlf.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
 
-    def update_summary(self, trial):
+    def update_summary(self, spec: dict):
         """Recompute the trial's seed-group summary from the group's child runs in the store, so
         a resumed sweep or a restarted driver updates the same run with every seed counted."""
         from mlflow.entities import Metric
-        params = self._params(trial)
+        params = self._params(spec)
         group = group_of(params)
         mlf = self.mlf
         tags = {"harness.sweep": self.sweep, "harness.kind": "summary", "harness.group": group}
@@ -368,63 +397,132 @@ class Tracker(Callback):
                                        for k, v in summary_metrics(trials).items()])
         mlf.set_terminated(run_id, "FINISHED")
 
-    def _log_attempts(self, run_id, attempts: int):
-        """How often the trial ran: 1 + the retries after crashes (--max-failures)."""
-        self.mlf.log_metric(run_id, "attempts", attempts)
+    def write_trial(self, rec: dict):
+        """A settled trial from its record: its run, the metric points and final values the store
+        lacks, tags, files and status, then its seed group's summary. Writing it twice changes
+        nothing, so a replay after a partial write is safe."""
+        from mlflow.entities import Metric, RunTag
+        spec, status, last = rec["spec"], rec["status"], rec["metrics"]
+        run_id, now = self.run_of(rec["trial_id"], spec), int(time.time() * 1000)
+        run = self.mlf.get_run(run_id)
+        points = [Metric(k, v, now, step) for k, steps in self._missing(run, rec["history"]).items()
+                  for step, v in steps]
+        finals = {k: float(last[k]) for k in FINAL_METRICS if isinstance(last.get(k), (int, float))}
+        finals["attempts"] = rec["attempts"]
+        points += [Metric(k, v, now, int(last.get("step", 0))) for k, v in finals.items()
+                   if run.data.metrics.get(k) != v]
+        tags = {**rec["placement"], "status": status}
+        if status == "failed":
+            tags["error"] = f"{rec['error'].splitlines()[-1][:300]}\n{rec['error']}"
+        self.mlf.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        for i in range(0, len(points), BATCH):
+            self.mlf.log_batch(run_id, metrics=points[i:i + BATCH])
+        self.mlf.update_run(run_id, name=self._name(spec, status, last))
+        if rec.get("files") and not self.mlf.list_artifacts(run_id):
+            self._log_files(run_id, rec["files"])
+        self.mlf.set_terminated(run_id, "FAILED" if status == "failed" else "FINISHED")
+        self.update_summary(spec)
+
+    def _missing(self, run, history: dict) -> dict:
+        """The points of each metric's history whose step the run has not logged."""
+        out = {}
+        for name, steps in history.items():
+            logged = {m.step for m in self.mlf.get_metric_history(run.info.run_id, name)} \
+                if name in run.data.metrics else set()
+            out[name] = [(step, v) for step, v in steps if step not in logged]
+        return out
+
+    def _log_files(self, run_id: str, location: str):
+        """Every file of the trial's checkpoint (adapter/, metrics.json, samples, peft_result.json),
+        downloaded to a temporary folder first when it lies in a bucket."""
+        from ray.tune import Checkpoint
+        fs, path = storage.resolve(location)
+        with Checkpoint(path, filesystem=fs).as_directory() as folder:
+            for item in sorted(Path(folder).iterdir()):
+                if item.is_dir():
+                    self.mlf.log_artifacts(run_id, str(item), item.name)
+                elif not item.name.startswith("."):  # Ray's own metadata
+                    self.mlf.log_artifact(run_id, str(item))
+
+    # ---- Tune's callback methods: never raise (a callback's exception fails the trial) ----
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self.run_of(trial)
+        self._attempt(lambda: self.run_of(trial.trial_id, trial_spec(trial.config)))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        if not result.get("final"):  # the final values go with the settled trial, from its record
+            self._attempt(lambda: self._log_step(trial, result))
+
+    def _log_step(self, trial, result):
         from mlflow.entities import Metric, RunTag
-        run_id, now = self.run_of(trial), int(time.time() * 1000)
-        keys = FINAL_METRICS if result.get("final") else STEP_METRICS
+        run_id, now = self.run_of(trial.trial_id, trial_spec(trial.config)), int(time.time() * 1000)
         metrics = [Metric(k, float(result[k]), now, int(result["step"]))
-                   for k in keys if isinstance(result.get(k), (int, float))]
+                   for k in STEP_METRICS if isinstance(result.get(k), (int, float))]
         where = {k: str(result[k]) for k in PLACEMENT if k in result}
         tags = [RunTag(k, v) for k, v in where.items()] if where != self.placed.get(trial.trial_id) else []
         if metrics or tags:  # placement: on each attempt's first report (a retry may run elsewhere)
             self.mlf.log_batch(run_id, metrics=metrics, tags=tags)
         self.placed[trial.trial_id] = where
-        self.last[trial.trial_id] = result
-
-    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
-        self.checkpoints[trial.trial_id] = checkpoint  # the trial's files, on the sweep's storage
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        run_id = self.run_of(trial)
-        status = self.last.get(trial.trial_id, {}).get("status", "finished")
-        status = "stopped" if status == "running" else status  # early-stopped by the scheduler
-        self.mlf.set_tag(run_id, "status", status)
-        self.mlf.update_run(run_id, name=self._name(trial, status))
-        self._log_attempts(run_id, trial.num_failures + 1)
-        if trial.trial_id in self.checkpoints:
-            self._log_files(run_id, self.checkpoints.pop(trial.trial_id))
-        self.mlf.set_terminated(run_id, "FINISHED")
-        self.update_summary(trial)
-
-    def _log_files(self, run_id: str, checkpoint):
-        """Every file of the trial's checkpoint (adapter/, metrics.json, samples, peft_result.json),
-        downloaded to a temporary folder first when it lies in a bucket."""
-        with checkpoint.as_directory() as folder:
-            for path in sorted(Path(folder).iterdir()):
-                if path.is_dir():
-                    self.mlf.log_artifacts(run_id, str(path), path.name)
-                elif not path.name.startswith("."):  # Ray's own metadata
-                    self.mlf.log_artifact(run_id, str(path))
+        self._settle(trial)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        run_id = self.run_of(trial)
-        self.mlf.set_tag(run_id, "status", "failed")
-        self.mlf.update_run(run_id, name=self._name(trial, "failed"))
-        self.mlf.set_tag(run_id, "error", _error_text(trial))
-        self._log_attempts(run_id, trial.num_failures)  # Tune counts every failed attempt
-        self.mlf.set_terminated(run_id, "FAILED")
-        self.update_summary(trial)
+        self._settle(trial)
+
+    def on_step_end(self, iteration, trials, **info):
+        if self.halted:  # the queue found no space: stop the sweep (storage.DiskFull)
+            raise self.halted
+
+    def _settle(self, trial):
+        rec = record.find(self.where, record.key(trial_spec(trial.config)))
+        if rec is None:  # not recorded: its disk is full and the sweep halts, or it will run again
+            return
+        try:
+            if self._attempt(lambda: self.write_trial(rec)):
+                if rec["key"] in pending(self.where):  # written now, after an earlier queueing
+                    storage.delete(storage.join(self.where, PENDING, f"{rec['key']}.json"))
+            else:
+                queue(self.where, rec["key"])
+        except storage.DiskFull as err:
+            self.halted = err
+
+    def _attempt(self, write) -> bool:
+        """write() against the store, retried with growing pauses for retry_seconds(), or tried
+        once while the store is known to be down; False if it did not succeed."""
+        deadline, pause = time.monotonic() + (0 if self.down else retry_seconds()), 1.0
+        while True:
+            try:
+                write()
+                self.down = False
+                return True
+            except Exception as err:  # the store's, its driver's or the network's: all mean "not now"
+                if time.monotonic() + pause > deadline or storage.no_space(err):  # waiting frees no disk
+                    self._went_down(err)
+                    return False
+                time.sleep(pause)
+                pause = min(2 * pause, 10)
+
+    def _went_down(self, err: Exception):
+        logging.getLogger(__name__).warning("MLflow write failed", exc_info=err)
+        if not self.down and not storage.no_space(err):  # a full disk gets its own line, from the halt
+            print(f"harness: tracking store {redact(self.uri)} not answering ({type(err).__name__}): trials go "
+                  f"on; their MLflow records wait in {storage.join(self.where, PENDING)} for `harness sync "
+                  f"{self.sweep}` or --resume", file=sys.stderr, flush=True)
+        self.down = True
 
 
-def _error_text(trial) -> str:
-    """The exception line first (what reports show), then the end of the traceback."""
-    path = trial.error_file
-    text = Path(path).read_text().strip() if path and Path(path).is_file() else ""
-    return f"{text.splitlines()[-1][:300]}\n{text[-4000:]}" if text else "unknown error"
+def sync(uri: str, task: str, sweep: str, where: str, parent_id: str, ended: bool = True) -> int:
+    """Write the queued records of the sweep at `where` to MLflow, each taken off the queue once
+    written; how many there were. The parent's queued end is applied if the sweep has `ended`
+    (a resumed sweep ends its parent itself). Raises on the first write the store refuses."""
+    tracker = Tracker(uri, task, sweep, parent_id, where)
+    names = pending(where)
+    for name in names:
+        marker = storage.join(where, PENDING, f"{name}.json")
+        if name == PARENT and ended:
+            finish_sweep(uri, parent_id, json.loads(storage.read_text(marker))["status"])
+        elif (rec := record.find(where, name)) is not None:
+            tracker.write_trial(rec)
+        storage.delete(marker)
+    return len(names)

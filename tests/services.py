@@ -126,10 +126,11 @@ def postgres():
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def mlflow_server(backend: str, artifacts: str, log: Path, env=None):
-    """`mlflow server` on PostgreSQL (`backend`, passed in the environment: a password in argv
-    shows in every user's process list), proxying artifacts to `artifacts`; its URL."""
-    port = free_port()
+def mlflow_server(backend: str, artifacts: str, log: Path, env=None, port: int = 0):
+    """`mlflow server` on `backend` (PostgreSQL or SQLite; passed in the environment: a password in
+    argv shows in every user's process list), proxying artifacts to `artifacts`, on `port` (a free
+    one by default; the same again to restart it); its URL."""
+    port = port or free_port()
     argv = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", port, "--workers", "1",
             "--serve-artifacts", "--artifacts-destination", artifacts]
     env = {**(env or {}), "MLFLOW_BACKEND_STORE_URI": backend}
