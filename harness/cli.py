@@ -126,10 +126,11 @@ def config_from(args, **extra) -> TrialConfig:
 
 def cmd_methods(args):
     import methods
+    print("group: " + "; ".join(f"{g} = {text} (--methods {g})" for g, text in methods.GROUPS.items()))
     for name in methods.names():
         method = methods.get(name)
-        print(f"{name:<11} {method.description}")
-        print(f"{'':<11} defaults: " + ", ".join(f"{k}={v}" for k, v in method.resolve({}).items()))
+        print(f"{name:<13}{methods.group_of(name):<7}{method.description}")
+        print(f"{'':<20}defaults: " + ", ".join(f"{k}={v}" for k, v in method.resolve({}).items()))
 
 
 def cmd_trial(args):
@@ -364,11 +365,11 @@ def check_recorded(uri: str, task: str, name: str):
 
 def methods_list(text: str) -> list[str]:
     import methods
-    names = methods.names() if text == "all" else [m.strip() for m in text.split(",") if m.strip()]
+    names = methods.group(text) if text in methods.GROUPS else [m.strip() for m in text.split(",") if m.strip()]
     for name in names:
         methods.get(name)
     if not names:
-        raise UsageError("--methods is empty: use all or a comma list such as lora,pissa")
+        raise UsageError("--methods is empty: use all, every or a comma list such as lora,pissa")
     return names
 
 
@@ -393,7 +394,8 @@ def cmd_ui(args):
 
 
 def add_run_options(p):
-    p.add_argument("--methods", default="all", help="all, or a comma list (see `harness methods`)")
+    p.add_argument("--methods", default="all", help="all (the five of the original comparison), every (all "
+                   "registered methods), or a comma list (see `harness methods`)")
     p.add_argument("--search", default="grid", help="grid (ladder x method grid x seeds), optuna, or refine "
                    "(adaptive ladder: coarse decades, then rungs and seeds where they decide; docs/sweeps.md)")
     p.add_argument("--trials", type=int, default=8, help="Optuna trials per method (default: 8)")

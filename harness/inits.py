@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 def cacheable(method, hp: dict) -> bool:
     """Inits worth storing: a gradient phase or an SVD of the weights (LoRA's kaiming A is free),
     unless the method says otherwise for these hyperparameters."""
-    return (method.needs_gradients or method.mutates_base) and method.worth_caching(hp)
+    return bool(method.data_samples or method.mutates_base) and method.worth_caching(hp)
 
 
 def has_dropout(model) -> bool:
@@ -44,17 +44,17 @@ def has_dropout(model) -> bool:
 
 def key(cfg: TrialConfig, method, model, targets: list[str], examples: list) -> dict:
     """What the init depends on, and nothing else; `examples` are the encoded training examples,
-    whose first grad_samples feed the gradient phase."""
+    whose first data_samples (grad_samples) feed the data pass (the gradient phase)."""
     hp = cfg.hparams
     weight = model.get_submodule(targets[0]).weight
     fields = dict(version=VERSION, model=resolve_path(cfg.model), dtype=str(weight.dtype),
                   device=weight.device.type, targets=targets, method=method.name,
                   hparams={k: hp[k] for k in sorted(method.init_keys or hp)})
-    if method.needs_gradients:   # the first grad_samples examples of the training split
-        used = json.dumps(examples[:hp["grad_samples"]]).encode()   # source, format, split, tokens
+    if method.data_samples:   # the first data_samples examples of the training split
+        used = json.dumps(examples[:hp[method.data_samples]]).encode()   # source, format, split, tokens
         fields["data"] = hashlib.sha256(used).hexdigest()
     shapes = [tuple(model.get_submodule(t).weight.shape) for t in targets]
-    if method.init_seeded(hp, shapes) or (method.needs_gradients and has_dropout(model)):
+    if method.init_seeded(hp, shapes) or (method.data_samples and has_dropout(model)):
         fields["seed"] = cfg.seed
     return fields
 

@@ -84,9 +84,9 @@ def check_suite(suite: dict):
         raise UsageError(f"field preset: unknown preset {_quote(suite['preset'])}: use {', '.join(PRESETS)}")
     names = suite["methods"]
     if isinstance(names, str):
-        names = list(methods.names()) if names == "all" else [m.strip() for m in names.split(",") if m.strip()]
+        names = methods.group(names) if names in methods.GROUPS else [m.strip() for m in names.split(",") if m.strip()]
     if not isinstance(names, list) or not names or not all(isinstance(m, str) for m in names):
-        raise UsageError(f"field methods must be all, a comma list or a YAML list of names, got {_quote(suite['methods'])}")
+        raise UsageError(f"field methods must be all, every, a comma list or a YAML list of names, got {_quote(suite['methods'])}")
     for name in names:
         _field("methods", methods.get, name)
     lrs = suite.get("lrs", [])

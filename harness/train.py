@@ -21,7 +21,6 @@ import methods
 from harness import data, inits
 from harness.config import TrialConfig
 from harness.faults import maybe_inject
-from harness.gradients import estimate_gradients
 from harness.flops import Counter, peak
 from harness.loss import loss_of
 from harness.memory import PeakMemory
@@ -118,16 +117,18 @@ def add_adapters(cfg: TrialConfig, model, train_ex, pad_id, device) -> tuple:
 
 
 def compute_init(cfg: TrialConfig, method, model, targets, train_ex, pad_id, device) -> tuple:
-    hp, grads, info = cfg.hparams, None, dict(init_cached=0)
-    if method.needs_gradients:
+    """The method's data pass (logged as grad_seconds and grad_peak_mb, the names of the gradient
+    phase it generalises), then PEFT's adapters and the method's init."""
+    hp, found, info = cfg.hparams, None, dict(init_cached=0)
+    if method.data_samples:
         start = time.perf_counter()
         with PeakMemory(device) as peak:
-            batches = data.in_order(train_ex[:hp["grad_samples"]], 1, pad_id)
-            grads = estimate_gradients(model, batches, targets)
+            batches = list(data.in_order(train_ex[:hp[method.data_samples]], 1, pad_id))
+            found = method.data_pass(model, batches, targets, hp)
         info.update(grad_seconds=time.perf_counter() - start, grad_peak_mb=peak.mb)
     start = time.perf_counter()
     model = get_peft_model(model, method.lora_config(hp, targets))
-    method.init_adapters(model, hp, grads)
+    method.init_adapters(model, hp, found)
     info["init_seconds"] = time.perf_counter() - start
     return model, info
 

@@ -1,9 +1,11 @@
 """What a method is: LoRA hyperparameters, an adapter init, and an optimizer.
 
-The trial calls, in order: `lora_config` (PEFT adapters on the target layers), `init_adapters`
-(with the averaged full gradients when `needs_gradients`), then `optimizer`. A method whose init
-changes the base weights sets `mutates_base`: its adapter is saved with PEFT's conversion to a
-rank-2r LoRA of the original base."""
+The trial calls, in order: `data_pass` (only for a method that names `data_samples`: on the plain
+model, over the first data_samples training examples at batch 1; by default the averaged full
+gradients), `lora_config` (PEFT adapters on the target layers), `init_adapters` (with what the
+data pass returned, else None), then `optimizer`. A method whose init changes the base weights
+sets `mutates_base`: its adapter is saved with PEFT's conversion to a rank-2r LoRA of the
+original base."""
 
 import math
 
@@ -21,7 +23,7 @@ class Method:
     zero_ok = ("dropout",)          # numeric hyperparameters that may be 0
     below_one = ("dropout",)        # numeric hyperparameters that are probabilities
     ranks_per_layer = 1             # rank x this must fit a layer's smaller side
-    needs_gradients = False
+    data_samples = ""               # the hyperparameter counting the data pass's examples; "": no pass
     mutates_base = False
     init_keys: tuple | None = None  # the hyperparameters the init depends on; None: all (safe)
 
@@ -55,8 +57,15 @@ class Method:
         return hp
 
     def worth_caching(self, hp: dict) -> bool:
-        """Whether a sweep should store this init for its other trials (harness/inits.py)."""
+        """Whether a sweep should store this init for its other trials (harness/inits.py); False
+        also where the cache cannot hold it (it stores factors of PEFT's shapes and base weights)."""
         return True
+
+    def data_pass(self, model, batches: list, targets: list[str], hp: dict):
+        """What `init_adapters` gets, read from the plain model: by default {layer: the mean full
+        gradient over the batches} (harness/gradients.py)."""
+        from harness.gradients import estimate_gradients
+        return estimate_gradients(model, batches, targets)
 
     def inert(self, hp: dict) -> set:
         """Hyperparameters that change nothing given the others (a grid need not vary them)."""
@@ -69,7 +78,7 @@ class Method:
         return LoraConfig(r=hp["rank"], lora_alpha=hp["alpha"], use_rslora=hp["use_rslora"],
                           lora_dropout=hp["dropout"], target_modules=targets, task_type="CAUSAL_LM")
 
-    def init_adapters(self, model, hp: dict, grads: dict | None):
+    def init_adapters(self, model, hp: dict, found):
         """Change the adapters (and base weights) after PEFT built them; LoRA keeps PEFT's init."""
 
     def optimizer(self, model, lr: float, hp: dict, weight_decay: float) -> torch.optim.Optimizer:
@@ -78,13 +87,15 @@ class Method:
         return kind(params, lr=lr, weight_decay=weight_decay)
 
 
+PEFT_PREFIX = "base_model.model."   # a PEFT model's name of the original model's modules
+
+
 def lora_layers(model):
     """(original module name, LoRA layer) for every adapted layer of a PEFT model."""
     from peft.tuners.lora import LoraLayer
-    prefix = "base_model.model."
     for name, module in model.named_modules():
         if isinstance(module, LoraLayer):
-            yield name.removeprefix(prefix), module
+            yield name.removeprefix(PEFT_PREFIX), module
 
 
 @torch.no_grad()

@@ -37,7 +37,7 @@ class LoraGA(Method):
     description = "LoRA-GA: adapters from the gradient's singular vectors, offset subtracted from W (reference init)"
     defaults = dict(use_rslora=True, gamma=16.0, grad_samples=8)
     ranks_per_layer = 2   # B takes the singular vectors r..2r
-    needs_gradients = True
+    data_samples = "grad_samples"
     mutates_base = True
     init_keys = ("rank", "alpha", "use_rslora", "gamma", "grad_samples")
 

@@ -42,7 +42,7 @@ class LoraOne(Method):
     defaults = dict(use_rslora=True, gamma=128.0, reg=1e-6, precondition=True, update="reference",
                     grad_samples=8)
     choices = {**Method.choices, "update": UPDATES}
-    needs_gradients = True
+    data_samples = "grad_samples"
     init_keys = ("rank", "gamma", "grad_samples")   # the factors do not depend on the scaling
 
     def init_seeded(self, hp, shapes):

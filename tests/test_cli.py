@@ -66,7 +66,7 @@ def suite_without_methods(tmp):
 
 RUN = ["run", "--preset", "smoke"]
 CASES = {
-    "unknown method": (RUN + ["--methods", "lora,dora"], "dora"),
+    "unknown method": (RUN + ["--methods", "lora,vera"], "vera"),
     "unknown task": (RUN + ["--task", "gsm9k"], "gsm9k"),
     "unknown preset": (["run", "--preset", "huge"], "huge"),
     "invalid search space": (RUN + ["--spaces", "{spaces}"], "riemannian.yaml"),

@@ -378,11 +378,12 @@ def test_lora_one_unpreconditioned_adamw_is_plain():
 
 # ---------------------------------------------------------------- hyperparameter validation
 
-ALL = ["lora", "pissa", "lora-ga", "riemannian", "lora-one"]
+ALL = methods.names()
 
 
 def test_all_methods_registered_and_defaults_resolve():
-    assert methods.names() == sorted(ALL)
+    assert {"lora", "pissa", "lora-ga", "riemannian", "lora-one", "dora", "olora", "lora-plus", "eva",
+            "lora-ga-peft"} <= set(ALL)
     for name in ALL:
         hp = methods.get(name).resolve({})
         assert hp["rank"] == 8 and hp["alpha"] > 0
@@ -404,7 +405,7 @@ def test_spec_defaults():
     assert one["use_rslora"] and one["gamma"] == 128 and one["precondition"] is True
     assert one["update"] == methods.get("riemannian").resolve({})["update"] == "reference"
     assert methods.get("lora-ga").mutates_base and not methods.get("lora-one").mutates_base
-    assert methods.get("lora-ga").needs_gradients and methods.get("lora-one").needs_gradients
+    assert methods.get("lora-ga").data_samples == methods.get("lora-one").data_samples == "grad_samples"
 
 
 BAD = [(name, bad) for name in ALL
@@ -413,6 +414,7 @@ BAD += [(name, {"reg": -1}) for name in ("riemannian", "lora-one")]
 BAD += [(name, {"gamma": "x"}) for name in ("lora-ga", "lora-one")]
 BAD += [(name, {"optimizer": "adam"}) for name in ("riemannian", "lora-one")]
 BAD += [("lora-one", {"precondition": "yes"})]
+BAD += [("eva", {"rho": 0.5}), ("eva", {"tau": 1.0}), ("lora-plus", {"lr_ratio": 0})]
 BAD += [(name, {"update": "paper"}) for name in ("riemannian", "lora-one")]
 
 
@@ -429,3 +431,74 @@ def test_good_overrides_are_accepted():
                                           "optimizer": "sgd", "precondition": False})
     assert (hp["rank"], hp["gamma"], hp["reg"], hp["optimizer"], hp["precondition"]) == \
         (16, 64, 1e-3, "sgd", False)
+
+
+# ---------------------------------------------------------------- the PEFT-computed methods, against their docstrings
+
+def peft_init(name, overrides, grad=None):
+    """(W before, the PEFT model) of Tiny under a method's config, its data pass fed `grad`."""
+    method, model = methods.get(name), Tiny()
+    hp = method.resolve({"rank": 2, **overrides})
+    W = model.lin.weight.detach().clone()
+    if grad is not None:   # the data pass, with the gradient planted instead of estimated
+        model.lin._peft_loraga_grad = grad
+    config = method.lora_config(hp, ["lin"])
+    config.task_type = None   # a bare module, not a causal LM
+    torch.manual_seed(0)
+    return W, peft.get_peft_model(model, config), method.scaling(hp)
+
+
+def test_olora_init_is_the_qr_of_w():
+    W, model, s = peft_init("olora", {"alpha": 3.0})
+    A, B = factors(model)
+    Q, R_ = torch.linalg.qr(W)
+    torch.testing.assert_close(B, Q[:, :2])
+    torch.testing.assert_close(A, R_[:2])
+    torch.testing.assert_close(model.base_model.model.lin.get_base_layer().weight, W - s * B @ A)
+
+
+def test_lora_ga_peft_init_is_pefts_not_the_papers():
+    G = spectral_matrix(12, 20, seed=7)
+    W, model, s = peft_init("lora-ga-peft", {"gamma": 4.0}, grad=G)
+    A, B = factors(model)
+    U, S, V = exact_svd(G)
+    c = 12 ** 0.25 / math.sqrt(4.0)
+    torch.testing.assert_close(A @ A.T, torch.eye(2), rtol=0, atol=1e-5)     # A unscaled: V[:, :r]ᵀ
+    assert (projector(A.T) - projector(V[:, :2])).norm() < 1e-4
+    torch.testing.assert_close(B.T @ B, torch.diag(c * S[2:4].float()) ** 2, rtol=1e-4, atol=1e-5)
+    assert (projector(B) - projector(U[:, 2:4])).norm() < 1e-4
+    torch.testing.assert_close(model.base_model.model.lin.get_base_layer().weight, W - s * B @ A)
+
+
+def test_eva_factor_is_the_top_principal_directions_of_the_inputs():
+    from peft.tuners.lora.eva import get_eva_state_dict
+    scales = 3.0 * 0.5 ** torch.arange(20.0)   # well separated principal directions
+    basis = torch.linalg.qr(randn(20, 20, seed=8)).Q
+    batches = [{"x": randn(50, 20, seed=9 + k) * scales @ basis.T + 1.0} for k in range(4)]
+    # tau near 1: cycling the batches until the components stop moving approaches the PCA of them all
+    hp = methods.get("eva").resolve({"rank": 2, "rho": 1.0, "tau": 0.99999})
+    config = methods.get("eva").lora_config(hp, ["lin"])
+    found = get_eva_state_dict(Tiny(), batches, peft_config=config, forward_fn=lambda m, b: m(b["x"]),
+                               prepare_model_inputs_fn=None, prepare_layer_inputs_fn=None, show_progress_bar=False)
+    X = torch.cat([b["x"] for b in batches])
+    centred, raw = (torch.linalg.svd(M, full_matrices=False).Vh[:2].T for M in (X - X.mean(0), X))
+    assert found["lin"].shape == (2, 20)
+    assert (projector(found["lin"].T) - projector(centred)).norm() < 0.02   # the PCA of the inputs,
+    assert (projector(found["lin"].T) - projector(raw)).norm() > 1          # not their raw SVD
+
+
+def test_dora_magnitude_starts_at_the_row_norms_of_w():
+    W, model, _ = peft_init("dora", {})
+    (_, layer), = lora_layers(model)
+    torch.testing.assert_close(layer.lora_magnitude_vector["default"].weight, W.norm(dim=1))
+
+
+@pytest.mark.parametrize("ratio", [1.0, 16.0])
+def test_lora_plus_trains_b_at_ratio_times_as_lr(ratio):
+    model = tiny_peft()
+    optimizer = methods.get("lora-plus").optimizer(model, 1e-3, methods.get("lora-plus").resolve(
+        {"lr_ratio": ratio}), 0.1)
+    A, B = factors(model)
+    lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    assert lr_of[id(A)] == 1e-3 and lr_of[id(B)] == pytest.approx(1e-3 * ratio)
+    assert {g["weight_decay"] for g in optimizer.param_groups if g["params"] and g["lr"] == 1e-3} == {0.1}

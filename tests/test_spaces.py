@@ -30,7 +30,7 @@ def test_plan_is_the_grid_of_distinct_trainings():
 @pytest.mark.parametrize("text,needle", [
     ("method: lora\ngrid: [1, 2\n", "not valid YAML"),
     ("grid: {}\n", "field method is missing"),
-    ("method: dora\ngrid: {}\n", "field method"),
+    ("method: no-such-method\ngrid: {}\n", "field method"),
     ("method: riemannian\ngrid:\n  regg: [1.0e-6]\n", "grid.regg"),
     ("method: riemannian\ngrid:\n  reg: [-1]\n", "grid.reg"),
     ("method: riemannian\ngrid:\n  reg: 1.0e-6\n", "grid.reg must be a non-empty list"),

@@ -77,6 +77,13 @@ class Toy:
     def validate(self, cfg):
         if cfg.eval_limit:
             raise UsageError(f"task {cfg.task} has no GSM8K questions to score: drop --eval-limit")
+        method = methods.get(cfg.method)
+        if method.data_samples and type(method).data_pass is not Method.data_pass:
+            raise UsageError(f"method {cfg.method} reads training batches before training, and task {cfg.task} "
+                             f"has only its full-batch gradient: run it on an LLM task such as gsm8k")
+        if method.lora_config(cfg.hparams, ["linear"]).use_dora:
+            raise UsageError(f"task {cfg.task} measures the weight W + s·BA, which is not {cfg.method}'s: "
+                             f"run it on an LLM task such as gsm8k")
 
     def ladder(self, preset: str, folder: Path) -> list[float]:
         return list(self.ladder_lrs)
@@ -166,7 +173,7 @@ def build(cfg, R, Y, W0):
     config = method.lora_config(cfg.hparams, ["linear"])
     config.task_type = None  # a bare module, not a causal LM
     model = get_peft_model(model, config)
-    method.init_adapters(model, cfg.hparams, {"linear": G} if method.needs_gradients else None)
+    method.init_adapters(model, cfg.hparams, {"linear": G} if method.data_samples else None)
     (_, layer), = lora_layers(model)
     if cfg.hparams.get("init_scale"):
         with torch.no_grad():
