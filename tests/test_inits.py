@@ -16,7 +16,7 @@ from harness import inits
 from harness.model import load, target_modules
 from harness.train import add_adapters, prepare, run_trial
 
-TIMINGS = ("tokens_per_s", "peak_mem_mb", "train_seconds")   # wall-clock and memory samples differ run to run
+TIMINGS = ("tokens_per_s", "mfu", "peak_mem_mb", "train_seconds")   # wall-clock and memory samples differ run to run
 
 
 def cached_trial(smoke, method, lr, out, cache, **fields):
