@@ -262,6 +262,9 @@ def test_a_second_driver_of_a_running_sweep_is_refused(tmp_path, data_dir):
     assert f"is running: its driver is pid {winner.pid}" in proc.stderr and "Traceback" not in proc.stderr
     assert not any(work.iterdir()) and not ray_tmp.exists()
     assert json.loads((tmp_path / "same" / "driver.lock").read_text())["pid"] == winner.pid
+    proc = run_cli("report", "same", "--storage", tmp_path, timeout=120)   # nothing half-done is reported
+    assert proc.returncode == 2 and proc.stderr.startswith("harness: error: sweep 'same' is still running")
+    assert not (tmp_path / "same" / "report").exists()
     winner.send_signal(signal.SIGTERM)
     winner.communicate(timeout=120)
     assert winner.returncode == 143
