@@ -69,7 +69,7 @@ def wait_for(url: str, seconds=120):
 def mlflow(args):
     from harness import tracking
     from harness.cli import ui_command
-    uri = tracking.resolve_uri(args.tracking_uri, Path(args.storage).resolve())
+    uri = tracking.resolve_uri(args.tracking_uri, str(Path(args.storage).resolve()))
     mlf = tracking.client(uri)
     exp = mlf.get_experiment_by_name(args.task).experiment_id
     trials = mlf.search_runs([exp], filter_string=f"tags.`harness.sweep` = '{args.sweep}' and "
