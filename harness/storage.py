@@ -341,7 +341,7 @@ class Lock:
                     self.lost = current or {}
                     return
                 write_text(self.location, self.record())
-            except OSError:  # a store that does not answer for a while: try again at the next beat
+            except (OSError, DiskFull):  # a store that does not answer, or is full, for a while: next beat
                 continue
 
     def release(self):
