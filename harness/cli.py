@@ -374,9 +374,11 @@ def methods_list(text: str) -> list[str]:
 
 
 def ui_command(uri: str, host: str, port: int) -> tuple[list[str], dict]:
-    """(argv, environment) of the MLflow server. The store URI goes in the environment, which only
-    its user can read: in argv, its password would show in every user's process list."""
-    argv = [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port), "--workers", "1"]
+    """(argv, environment) of the MLflow server, as harness/ui.py changes it. The store URI goes in
+    the environment, which only its user can read: in argv, its password would show in every user's
+    process list."""
+    argv = [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port), "--workers", "1",
+            "--app-name", "harness"]
     return argv, {**os.environ, "MLFLOW_BACKEND_STORE_URI": uri}
 
 

@@ -3,10 +3,10 @@
     python scripts/screenshots.py report runs/NAME/report/report.html docs/img/report-toy.png
     python scripts/screenshots.py mlflow --storage runs --task gsm8k --sweep NAME --out docs/img
 
-`mlflow` starts `mlflow server` on 127.0.0.1 (a free port) over the sweep's store, photographs
-what a user sees on opening the link `harness run` prints (the sweep's trials, best first, and
-their chart view), the experiment opened without it, and the compare view of the sweep's
-trials, then stops the server by its process id. Chromium: $CHROMIUM, else chromium
+`mlflow` starts the server `harness ui` starts, on 127.0.0.1 (a free port) over the sweep's store,
+photographs what a fresh browser shows on opening the experiment's plain address, then the link
+`harness run` prints (the sweep's trials, best first, and their chart view) and the compare view
+of the sweep's trials, and stops the server by its process id. Chromium: $CHROMIUM, else chromium
 on the PATH (Debian's is /usr/bin/chromium)."""
 
 import argparse
@@ -81,10 +81,10 @@ def mlflow(args):
         base = f"http://127.0.0.1:{port}"
         wait_for(base + "/health")
         out = Path(args.out)
+        shoot(f"{base}/#/experiments/{exp}", out / "mlflow-first-open.png")
         link = tracking.runs_link(uri, args.task, args.sweep, base)  # what harness run and ui print
         shoot(link, out / "mlflow-runs.png")
         shoot(link.replace("/runs?", "/runs?compareRunsMode=CHART&"), out / "mlflow-chart.png")
-        shoot(f"{base}/#/experiments/{exp}/runs?workflowType=machine_learning", out / "mlflow-parent.png")
         query = urllib.parse.urlencode({"runs": json.dumps([r.info.run_id for r in trials]),
                                         "experiments": json.dumps([exp])})
         shoot(f"{base}/#/compare-runs?{query}", out / "mlflow-compare.png", height=1600)
