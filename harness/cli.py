@@ -10,8 +10,8 @@ import urllib.parse
 from pathlib import Path
 
 from harness import storage, tasks
-from harness.config import (PRESETS, Halt, Interrupted, TrialConfig, UsageError, check_name, load_yaml, positive,
-                            quote, writable)
+from harness.config import (PRESETS, Halt, Interrupted, TrialConfig, UsageError, check_name, fraction, load_yaml,
+                            positive, quote, writable)
 
 
 class Parser(argparse.ArgumentParser):
@@ -182,7 +182,7 @@ def sweep_config(args):
         methods=names, trial=config_from(args, method=names[0], lr=1.0, seed=args.seed),
         name=args.resume or args.name, search=args.search, trials=args.trials, scheduler=args.scheduler,
         seeds=args.seeds if args.seeds is not None else (3 if args.search == "refine" else 1), lrs=args.lrs,
-        resolution=args.resolution, budget=args.budget, cpus_per_trial=args.cpus_per_trial,
+        resolution=args.resolution, budget=args.budget, loss_tol=args.loss_tol, cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
         max_failures=args.max_failures, address=args.address, scale_wait=args.scale_wait, storage=args.storage,
         tracking_uri=args.tracking_uri, resume=bool(args.resume), spaces=args.spaces)
@@ -225,7 +225,7 @@ def cmd_run(args):
             hp = "".join(f" {k}={v}" for k, v in line["hparams"].items())
             print(f"refine {line['method']}{hp}: {line['end']} after {line['trials']} trials: {line['summary']}")
         print(f"refine decisions: {storage.join(sc.path, 'refine.json')}")
-    page = report(sc.tracking_uri, sc.trial.task, sc.name, sc.path)
+    page = report(sc.tracking_uri, sc.trial.task, sc.name, sc.path, loss_tol=sc.loss_tol)
     verdict = json.loads(storage.read_text(storage.join(sc.path, "report", "report.json")))["verdict"]
     print("\nfound: " + ". ".join(verdict.split(". ")[:2]).rstrip(".") + ".")
     print(f"report: {page}")
@@ -277,7 +277,8 @@ def cmd_nightly(args):
                         data_dir=suite.get("data_dir", ""), **suite.get("overrides") or {})
     sc = sweep.SweepConfig(
         methods=names, trial=trial, name=f"{suite['suite']}-{nightly.stamp()}", lrs=suite.get("lrs", []),
-        seeds=suite.get("seeds", 1), search=suite.get("search", "grid"), storage=suite.get("storage", ""),
+        seeds=suite.get("seeds", 1), search=suite.get("search", "grid"), loss_tol=suite["loss_tol"],
+        storage=suite.get("storage", ""),
         tracking_uri=suite.get("tracking_uri", ""), address=suite.get("address", ""),
         cpus_per_trial=suite.get("cpus_per_trial", 0), gpus_per_trial=suite.get("gpus_per_trial", 0))
     try:
@@ -307,8 +308,8 @@ def cmd_report(args):
     check_name("the sweep name", args.name)
     tasks.get(args.task)
     for flag in ("loss_tol", "acc_tol"):
-        if not 0 <= positive(f"--{flag.replace('_', '-')}", getattr(args, flag), allow_zero=True) < 1:
-            raise UsageError(f"--{flag.replace('_', '-')} must be a fraction below 1, got {getattr(args, flag):g}")
+        if getattr(args, flag) is not None:
+            fraction(f"--{flag.replace('_', '-')}", getattr(args, flag))
     for flag in ("reference_lr", "target_loss"):
         if getattr(args, flag) is not None:
             positive(f"--{flag.replace('_', '-')}", getattr(args, flag))
@@ -404,6 +405,9 @@ def add_run_options(p):
     p.add_argument("--scheduler", default="none", help="none, or asha (early stopping on val loss)")
     p.add_argument("--seeds", type=int, default=None, help="seeds per grid point; refine: most seeds per rung "
                    "(default: 1; refine 3)")
+    p.add_argument("--loss-tol", type=parse_number, default=0.05, help="robust window: val loss within this "
+                   "fraction of the best, for refine and the report (default: 0.05; a smaller one where the "
+                   "losses of every rung lie within 5%%, as on the smoke preset)")
     p.add_argument("--resolution", type=parse_number, default=0.25, help="refine: finest ladder step in "
                    "decades, rounded down to 1/2^k (default: 0.25)")
     p.add_argument("--budget", type=int, default=0, help="refine: most trials in all, shared evenly by the "
@@ -462,8 +466,9 @@ def build_parser() -> Parser:
     report.add_argument("--tracking-uri", default="", help="MLflow URI (default: as for harness run)")
     report.add_argument("--metric", default="auto", choices=("auto", "val_loss", "accuracy"),
                         help="score: auto = accuracy when >= 200 GSM8K questions were scored, else val_loss")
-    report.add_argument("--loss-tol", type=parse_number, default=0.05,
-                        help="robust window: val loss within this fraction of the best (default: 0.05)")
+    report.add_argument("--loss-tol", type=parse_number, default=None,
+                        help="robust window: val loss within this fraction of the best (default: the sweep's "
+                        "--loss-tol, 0.05 unless it was given)")
     report.add_argument("--acc-tol", type=parse_number, default=0.02,
                         help="robust window: accuracy within this much of the best (default: 0.02 = 2 points)")
     report.add_argument("--reference-lr", type=parse_number, default=None,

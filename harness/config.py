@@ -173,6 +173,13 @@ def positive(name: str, value, *, allow_zero=False):
     return value
 
 
+def fraction(name: str, value):
+    """Check that a number is a fraction from 0 to below 1; return it as given."""
+    if not positive(name, value, allow_zero=True) < 1:
+        raise UsageError(f"{name} must be a fraction below 1, got {value:g}")
+    return value
+
+
 def validate(cfg: TrialConfig):
     """Checks of a filled config that need no task (the task checks the rest)."""
     if not isinstance(cfg.seed, int) or not 0 <= cfg.seed < 2**32 - 1000:

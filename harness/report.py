@@ -13,6 +13,8 @@ QUESTIONS_TO_RANK = 200  # fewer scored questions cannot separate methods: val l
 def analysis_of(uri: str, task: str, name: str, metric: str = "auto", **options) -> tuple:
     """(parent run id, trial rows, analysis) of a sweep."""
     parent, params, rows = tracking.sweep_rows(uri, task, name)
+    if options.get("loss_tol") is None:  # the window the sweep was run with (refine searched with it)
+        options["loss_tol"] = float(params.get("loss_tol", 0.05))
     trial = {k.removeprefix("trial."): _value(v) for k, v in params.items() if k.startswith("trial.")}
     questions = int(trial.get("eval_limit") or 0)
     if metric == "auto":

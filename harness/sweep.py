@@ -20,7 +20,7 @@ from pathlib import Path
 
 import methods
 from harness import interrupt, record, resume, search, spaces, storage, tasks, tracking
-from harness.config import Halt, Interrupted, TrialConfig, UsageError, check_name, positive, quote, trial_spec, writable
+from harness.config import Halt, Interrupted, TrialConfig, UsageError, check_name, fraction, positive, quote, trial_spec, writable
 from harness.progress import Progress
 from harness.search import DIVERGED
 from harness.tasks import preset_hparams, resolve
@@ -38,6 +38,7 @@ class SweepConfig:
     trials: int = 8                 # optuna trials per method
     resolution: float = 0.25        # refine: the finest ladder step, in decades
     budget: int = 0                 # refine: most trials in all (0: the full fine grid's count)
+    loss_tol: float = 0.05          # robust window: val loss within this fraction of the best (refine, report)
     scheduler: str = "none"         # none | asha
     seeds: int = 1
     lrs: list = field(default_factory=list)
@@ -69,6 +70,7 @@ def prepare(sc: SweepConfig) -> list[dict]:
         positive(f"--{name}", getattr(sc, name))
     for name in ("cpus_per_trial", "gpus_per_trial", "max_concurrent", "max_failures", "scale_wait"):
         positive(f"--{name.replace('_', '-')}", getattr(sc, name), allow_zero=True)
+    fraction("--loss-tol", sc.loss_tol)
     sc.methods = [methods.get(m).name for m in sc.methods]
     sc.trial = resolve(replace(sc.trial, method=sc.methods[0], lr=1.0, hparams={}))
     folder = Path(sc.spaces).resolve() if sc.spaces else spaces.FOLDER
@@ -319,7 +321,7 @@ def build_tuner(sc: SweepConfig, plan: list[dict], parent_id: str):
         param_space = {}
         tune_config.update(num_samples=total, search_alg=search.Refine(
             search.lines_of(plan), sc.lrs, resolution=sc.resolution, seeds=sc.seeds, first_seed=sc.trial.seed,
-            budget=sc.budget, max_concurrent=sc.max_concurrent, **objective))
+            budget=sc.budget, max_concurrent=sc.max_concurrent, loss_tol=sc.loss_tol, **objective))
     else:
         loaded = method_spaces(sc)
         grids = {m: {**{k: [v] for k, v in preset_hparams(sc.trial, m).items()},

@@ -114,6 +114,7 @@ CASES = {
     "report of an unknown sweep": (["report", "nope"], "nope"),
     "report name with ..": (["report", "../x"], "../x"),
     "report tolerance of 1": (["report", "s", "--loss-tol", "1"], "--loss-tol"),
+    "run tolerance of 1.5": (RUN + ["--loss-tol", "1.5"], "1.5"),
     "report negative reference lr": (["report", "s", "--reference-lr", "-1"], "-1"),
     "report garbage tracking URI": (["report", "s", "--tracking-uri", "nope://x"], "nope://x"),
     "ui port out of range": (["ui", "--port", "70000"], "70000"),

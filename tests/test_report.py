@@ -93,6 +93,17 @@ def test_html_renders_with_all_plots_in_chromium(report, tmp_path):
     assert 'id="probe">images=3 loaded=3 verdict=true setting=true bad=0<' in dom
 
 
+def test_report_reads_the_window_the_sweep_was_run_with(tmp_path):
+    """A sweep run with --loss-tol 0.01 keeps that window in `harness report` unless told otherwise:
+    lora's 1.02 at 1e-3 is 2% above its best, outside 1% and inside 5%."""
+    from harness.report import analysis_of
+    mlf, parent = make_store(tmp_path / "mlflow.db")
+    mlf.log_param(parent, "loss_tol", "0.01")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert analysis_of(uri, "gsm8k", "known")[2]["methods"]["lora"]["window"]["high"] == 1e-4
+    assert analysis_of(uri, "gsm8k", "known", loss_tol=0.05)[2]["methods"]["lora"]["window"]["high"] == 1e-3
+
+
 def test_report_states_its_setting_and_why_this_score(report):
     md = (report[0] / "known" / "report" / "report.md").read_text()
     top = md.split("## Summary")[0]
