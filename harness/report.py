@@ -4,6 +4,7 @@ from pathlib import Path
 
 import reports
 from harness import storage, tasks, tracking
+from harness.search import LOSS_TOL
 from harness.tracking import _value
 from reports.render import _html_table, _md_table
 
@@ -14,7 +15,7 @@ def analysis_of(uri: str, task: str, name: str, metric: str = "auto", **options)
     """(parent run id, trial rows, analysis) of a sweep."""
     parent, params, rows = tracking.sweep_rows(uri, task, name)
     if options.get("loss_tol") is None:  # the window the sweep was run with (refine searched with it)
-        options["loss_tol"] = float(params.get("loss_tol", 0.05))
+        options["loss_tol"] = float(params.get("loss_tol", LOSS_TOL))
     trial = {k.removeprefix("trial."): _value(v) for k, v in params.items() if k.startswith("trial.")}
     questions = int(trial.get("eval_limit") or 0)
     if metric == "auto":

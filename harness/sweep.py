@@ -20,7 +20,8 @@ from pathlib import Path
 
 import methods
 from harness import interrupt, record, resume, search, spaces, storage, tasks, tracking
-from harness.config import Halt, Interrupted, TrialConfig, UsageError, check_name, fraction, positive, quote, trial_spec, writable
+from harness.config import (Halt, Interrupted, TrialConfig, UsageError, check_name, fraction, positive, quote,
+                            trial_spec, writable)
 from harness.progress import Progress
 from harness.search import DIVERGED
 from harness.tasks import preset_hparams, resolve
