@@ -117,6 +117,8 @@ def attempts_in_bucket(name: str) -> list[dict]:
             continue
         for line in storage.read_text(storage.join(sweep, folder, "result.json")).splitlines():
             r = json.loads(line)
+            if r.get("recorded"):  # a resumed trial the record held as done: it reported, never trained
+                continue
             key = (r["trial_id"], r["pid"])
             span = spans.setdefault(key, dict(trial=r["trial_id"], node=r["ray.node_id"],
                                               gpu=r["cuda_visible_devices"], start=r["timestamp"], end=r["timestamp"]))
