@@ -18,10 +18,12 @@ which trials complete. A round adds, in this order of priority:
 4. the robust window's edges (the report's rule: contiguous ok rungs with val loss within
    LOSS_TOL of the best): the midpoint towards the rung outside, or half a decade past an edge
    that reaches the end of the rungs tried;
-5. seeds, up to --seeds, at every ok rung within noise of the best: |ln a - ln b| within the 95%
-   interval of the line's pooled seed noise (reports.statistics.seed_noise) or below TIE. Where
-   the seeds agree exactly (a method whose init ignores the seed) more seeds cannot tell rungs apart:
-   none are added.
+5. seeds, up to --seeds, at the best rung (its mean sets the window's threshold), and at each ok
+   rung within noise of the best (|ln a - ln b| within the 95% interval of the line's pooled seed
+   noise, reports.statistics.seed_noise, or below TIE) that --seeds seeds at both could still tell
+   apart from it: a gap below that interval stays a tie however many seeds run, so seeding it buys
+   nothing. Where the seeds agree exactly (a method whose init ignores the seed) more seeds cannot
+   tell rungs apart: none are added.
 4 and 5 wait while 1 or 2 add anything: the window and the seeds follow the best, which may move.
 The noise is the line's own (a pool over other lines would make it depend on their timing).
 A line stops when a round would add nothing (best lr and window settled to the resolution), or
@@ -216,7 +218,7 @@ class Refine(Searcher):
         if not wanted or room <= 0:
             line["done"], line["end"] = True, "settled" if not wanted else "budget spent"
             self._note(f"{line['method']}{_hp(line)}: {line['end']} after {len(line['trials'])} trials: "
-                       f"{summary(line, self.steps)}")
+                       f"{summary(line, self.steps, self.loss_tol)}")
             return
         line["round"] += 1
         for pos, seed, why in wanted[:room]:
@@ -264,9 +266,10 @@ class Refine(Searcher):
             elif abs(outside - edge) > 1:
                 want((edge + outside) // 2, seed0, f"window edge between {lr(edge)} (in) and {lr(outside)} (out)")
         if view.noise and view.noise["sd"] > 0:
-            for p in view.close_to_best():
+            for p in view.worth_seeding(self.seeds):
+                why = "the best: its mean sets the window" if p == b else "within noise of the best, separable"
                 for s in range(view.count(p), self.seeds):
-                    want(p, seed0 + s, f"seed {s + 1} of {self.seeds}: within noise of the best")
+                    want(p, seed0 + s, f"seed {s + 1} of {self.seeds}: {why}")
         return out
 
 
@@ -302,19 +305,33 @@ class Line:
         best = self.rungs[self.best]
         return [p for p, r in self.rungs.items() if r["status"] == "ok" and self._close(r, best)]
 
+    def worth_seeding(self, seeds: int) -> list[int]:
+        """The best rung, then the rungs within noise of it that `seeds` seeds at both could still
+        tell apart from it: a gap below what that many seeds resolve stays a tie however many run."""
+        best = self.rungs[self.best]
+        return [self.best] + [p for p in self.close_to_best() if p != self.best
+                              and self._gap(self.rungs[p], best) > self._resolvable(seeds, seeds)]
+
     def _close(self, r, best) -> bool:
-        gap = abs(math.log(max(r["score"], 1e-300)) - math.log(max(best["score"], 1e-300)))
+        return self._gap(r, best) <= self._resolvable(r["n"], best["n"])
+
+    @staticmethod
+    def _gap(r, best) -> float:
+        return abs(math.log(max(r["score"], 1e-300)) - math.log(max(best["score"], 1e-300)))
+
+    def _resolvable(self, n: int, m: int) -> float:
+        """The smallest gap in log loss that means of n and m seeds tell apart (95%)."""
         sd = self.noise["sd"] if self.noise else 0.0
         df = self.noise["df"] if self.noise else None
-        return gap <= max(TIE, stats.t975(df) * sd * math.sqrt(1 / r["n"] + 1 / best["n"]))
+        return max(TIE, stats.t975(df) * sd * math.sqrt(1 / n + 1 / m))
 
 
-def outcome(line: dict, steps: int) -> dict:
+def outcome(line: dict, steps: int, loss_tol: float) -> dict:
     """A line's answer: best lr, the rungs within noise of it (the best lr is stated as lying
     among them), the robust window, and the seeds at the best; empty before any trial ended."""
     if not any(t["status"] for t in line["trials"].values()):
         return {}
-    view = Line(line, steps, LOSS_TOL)
+    view = Line(line, steps, loss_tol)
     if view.best is None:
         return {"best": None}
     close = view.close_to_best()
@@ -324,9 +341,9 @@ def outcome(line: dict, steps: int) -> dict:
             "seeds_at_best": view.rungs[view.best]["n"]}
 
 
-def summary(line: dict, steps: int) -> str:
+def summary(line: dict, steps: int, loss_tol: float) -> str:
     """'best lr 0.1 (within noise: 0.0562 to 0.1), window [0.0316, 0.178], 3 seed(s) at the best'."""
-    o = outcome(line, steps)
+    o = outcome(line, steps, loss_tol)
     if not o:
         return "no trial ended"
     if o["best"] is None:
@@ -337,9 +354,10 @@ def summary(line: dict, steps: int) -> str:
 
 def results(state: dict) -> dict:
     """What refine.json holds: each line's outcome and the decisions in order."""
+    tol = state.get("loss_tol", LOSS_TOL)  # a state saved before --loss-tol existed
     lines = [{"method": line["method"], "hparams": line["hparams"], "trials": len(line["trials"]),
               "budget": line["budget"], "end": line["end"] or "unfinished", "rounds": line["round"] + 1,
-              "summary": summary(line, state["steps"]), **outcome(line, state["steps"])}
+              "summary": summary(line, state["steps"], tol), **outcome(line, state["steps"], tol)}
              for line in state["lines"]]
     return {"lines": lines, "decisions": state["decisions"]}
 

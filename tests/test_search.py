@@ -13,7 +13,7 @@ import time
 import pytest
 
 from harness.cli import main
-from harness.search import DIVERGED, Refine, lr_at
+from harness.search import DIVERGED, Line, Refine, lr_at
 from harness.tracking import sweep_rows
 from helpers import run_cli, sweep_runs
 
@@ -104,6 +104,18 @@ def test_seeds_go_to_the_rungs_within_noise_of_the_best():
                 counts[x] = counts.get(x, 0) + 1
         assert counts[1e-4] == 1 and counts[1e-1] == 1  # 1.5 decades off: far outside the noise
         assert max(counts.values()) == 3  # never more than --seeds
+
+
+def test_seeds_go_only_where_they_can_still_separate_a_rung_from_the_best():
+    values = {0: [1.00, 1.02, 0.98], 4: [1.05, 1.07, 1.03],  # seed sd 0.02 in log loss, df 4
+              2: [1.001],   # 0.001 from the best: a tie whatever the seeds
+              -4: [1.055]}  # 0.054: within noise of one seed, beyond what 3 seeds at both resolve
+    trials = {f"{p}/{s}": {"pos": p, "seed": s, "status": "finished", "score": v}
+              for p, seeds in values.items() for s, v in enumerate(seeds)}
+    view = Line({"method": "a", "hparams": {}, "trials": trials}, 4, 0.05)
+    assert view.best == 0 and sorted(view.close_to_best()) == [-4, 0, 2]
+    assert view.worth_seeding(3) == [0, -4]  # the best (its mean sets the window), then -4; 2 is a tie
+    assert view.worth_seeding(2) == [0]      # two seeds could not resolve 0.054 either
 
 
 def test_exact_seeds_add_no_more_seeds():
