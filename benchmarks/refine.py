@@ -5,7 +5,8 @@ seeds, and refine starts from the coarse ladder of the same span. Both are read 
 rules (reports.robustness.analyze): per method, the best lr and the robust window, then the trial
 counts and wall times. Target: refine's best lr is the grid's, or the grid's lies within refine's
 stated interval (the rungs within noise of its best); window edges within one quarter-decade rung;
-at most 40% of the grid's trials.
+at most 40% of the grid's trials. Beside each method: how far the grid's own window moves when one
+of its three seeds is left out, the resolution to which the reference itself settles it.
 
     python benchmarks/refine.py [--parts toy,smoke] [--methods all] [--smoke-methods lora]
         [--data-dir DATA] [--storage DIR]
@@ -54,6 +55,14 @@ def edges_apart(grid: dict, refine: dict) -> float:
     return max(apart("low", lambda gap: gap <= 0), apart("high", lambda gap: gap >= 0))
 
 
+def grid_spread(rows: list[dict], name: str, loss_tol: float) -> float:
+    """How far the grid's own window moves when one of its seeds is left out (rungs, the farthest):
+    the resolution to which the reference itself settles the window."""
+    full = analyze(rows, loss_tol=loss_tol)["methods"][name]["window"]
+    return max(edges_apart(full, analyze([r for r in rows if r["seed"] != seed], loss_tol=loss_tol)
+                           ["methods"][name]["window"]) for seed in sorted({r["seed"] for r in rows}))
+
+
 def compare(part: str, methods: str, storage: Path, data_dir: str) -> list[str]:
     flags, span, loss_tol = PARTS[part]
     flags = [*flags, "--methods", methods, "--seeds", SEEDS, "--loss-tol", loss_tol] + (
@@ -69,7 +78,8 @@ def compare(part: str, methods: str, storage: Path, data_dir: str) -> list[str]:
     out = [f"### {part}: grid {len(fine)} rungs ({fine[0]:g} to {fine[-1]:g}) x {SEEDS} seeds against refine, "
            f"window: val loss within {loss_tol:.1%} of the best",
            "", "| method | best lr grid | best lr refine (stated interval) | same | window grid | window refine "
-           "| edges apart (rungs) | trials grid | trials refine |", "|---|---|---|---|---|---|---|---|---|"]
+           "| edges apart (rungs) | grid's own spread (rungs) | trials grid | trials refine |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
     ok = True
     for name, g in grid.items():
         r, line = refine[name], lines[name]
@@ -79,7 +89,8 @@ def compare(part: str, methods: str, storage: Path, data_dir: str) -> list[str]:
         ok &= same and apart <= 1 + 1e-3  # lrs are kept to 6 digits
         out.append(f"| {name} | {g['best_lr']:g} | {r['best_lr']:g} ({line['best_low']:g} to {line['best_high']:g}) "
                    f"| {'yes' if same else 'NO'} | {window_text(gw)} "
-                   f"| {window_text(rw)} | {apart:.0f} | {g['trials']} | {r['trials']} |")
+                   f"| {window_text(rw)} | {apart:.0f} | {grid_spread(grid_rows, name, loss_tol):.0f} "
+                   f"| {g['trials']} | {r['trials']} |")
     share = len(refine_rows) / len(grid_rows)
     out += ["", f"trials: grid {len(grid_rows)}, refine {len(refine_rows)} ({share:.0%} of the grid); wall time: "
             f"grid {grid_s:.0f} s, refine {refine_s:.0f} s (ratio {refine_s / grid_s:.2f}); "
