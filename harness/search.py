@@ -16,7 +16,7 @@ which trials complete. A round adds, in this order of priority:
 2. refinement: the midpoint between the best rung and each neighbour further than the resolution;
 3. a second seed at the best rung while the line's seed noise is unknown;
 4. the robust window's edges (the report's rule: contiguous ok rungs with val loss within
-   LOSS_TOL of the best): the midpoint towards the rung outside, or half a decade past an edge
+   --loss-tol of the best): the midpoint towards the rung outside, or half a decade past an edge
    that reaches the end of the rungs tried;
 5. seeds, up to --seeds, at the best rung (its mean sets the window's threshold), and at each ok
    rung within noise of the best (|ln a - ln b| within the 95% interval of the line's pooled seed

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from harness.cli import main
-from harness.search import DIVERGED, Line, Refine, lr_at
+from harness.search import DIVERGED, Line, Refine, lr_at, results
 from harness.tracking import sweep_rows
 from helpers import run_cli, sweep_runs
 
@@ -116,6 +116,16 @@ def test_seeds_go_only_where_they_can_still_separate_a_rung_from_the_best():
     assert view.best == 0 and sorted(view.close_to_best()) == [-4, 0, 2]
     assert view.worth_seeding(3) == [0, -4]  # the best (its mean sets the window), then -4; 2 is a tie
     assert view.worth_seeding(2) == [0]      # two seeds could not resolve 0.054 either
+
+
+def test_refine_json_draws_windows_with_the_sweeps_tolerance():
+    searcher = refine(loss_tol=0.01)
+    drive(searcher)
+    state = searcher.get_state()
+    tight, loose = (results(dict(state, loss_tol=tol))["lines"][0] for tol in (0.01, 0.5))
+    assert tight == results(state)["lines"][0]  # the saved tolerance is the one drawn
+    assert tight["best"] == loose["best"]
+    assert loose["window_low"] < tight["window_low"] and loose["window_high"] > tight["window_high"]
 
 
 def test_exact_seeds_add_no_more_seeds():
