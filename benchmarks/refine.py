@@ -55,12 +55,13 @@ def edges_apart(grid: dict, refine: dict) -> float:
     return max(apart("low", lambda gap: gap <= 0), apart("high", lambda gap: gap >= 0))
 
 
-def grid_spread(rows: list[dict], name: str, loss_tol: float) -> float:
-    """How far the grid's own window moves when one of its seeds is left out (rungs, the farthest):
-    the resolution to which the reference itself settles the window."""
-    full = analyze(rows, loss_tol=loss_tol)["methods"][name]["window"]
-    return max(edges_apart(full, analyze([r for r in rows if r["seed"] != seed], loss_tol=loss_tol)
-                           ["methods"][name]["window"]) for seed in sorted({r["seed"] for r in rows}))
+def grid_spread(rows: list[dict], grid: dict, loss_tol: float) -> dict:
+    """Per method, how far the grid's own window moves when one of its seeds is left out (rungs, the
+    farthest): the resolution to which the reference itself settles the window."""
+    left_out = [analyze([r for r in rows if r["seed"] != seed], loss_tol=loss_tol)["methods"]
+                for seed in sorted({r["seed"] for r in rows})]
+    return {name: max(edges_apart(g["window"], part[name]["window"]) for part in left_out)
+            for name, g in grid.items()}
 
 
 def compare(part: str, methods: str, storage: Path, data_dir: str) -> list[str]:
@@ -75,6 +76,7 @@ def compare(part: str, methods: str, storage: Path, data_dir: str) -> list[str]:
     lines = {line["method"]: line for line in
              json.loads((storage / f"{part}-refine" / "refine.json").read_text())["lines"]}
     grid, refine = (analyze(rows, loss_tol=loss_tol)["methods"] for rows in (grid_rows, refine_rows))
+    spread = grid_spread(grid_rows, grid, loss_tol)
     out = [f"### {part}: grid {len(fine)} rungs ({fine[0]:g} to {fine[-1]:g}) x {SEEDS} seeds against refine, "
            f"window: val loss within {loss_tol:.1%} of the best",
            "", "| method | best lr grid | best lr refine (stated interval) | same | window grid | window refine "
@@ -89,7 +91,7 @@ def compare(part: str, methods: str, storage: Path, data_dir: str) -> list[str]:
         ok &= same and apart <= 1 + 1e-3  # lrs are kept to 6 digits
         out.append(f"| {name} | {g['best_lr']:g} | {r['best_lr']:g} ({line['best_low']:g} to {line['best_high']:g}) "
                    f"| {'yes' if same else 'NO'} | {window_text(gw)} "
-                   f"| {window_text(rw)} | {apart:.0f} | {grid_spread(grid_rows, name, loss_tol):.0f} "
+                   f"| {window_text(rw)} | {apart:.0f} | {spread[name]:.0f} "
                    f"| {g['trials']} | {r['trials']} |")
     share = len(refine_rows) / len(grid_rows)
     out += ["", f"trials: grid {len(grid_rows)}, refine {len(refine_rows)} ({share:.0%} of the grid); wall time: "
