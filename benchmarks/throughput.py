@@ -8,8 +8,9 @@ Loops (lora, the `cpu` preset's model, batch, length, schedule and clipping):
 - padded: random batches padded to their longest row, logits at every position (the loop before);
 - bucketed: rows of similar length batched together, logits only where labels are set.
 With --candidates, two levers the preset does not use are measured beside them (the bucketed loop
-with its frozen base in bf16, adapters in fp32; and with its decoder under torch.compile), each
-against the same target and with its validation loss against the bucketed loop's.
+with its frozen base in bf16, adapters in fp32; and with its whole loss, decoder, head and
+cross-entropy, under torch.compile), each against the same target and with its validation loss
+against the bucketed loop's.
 
 1. Speed: one model per (loop, seed), stepped in interleaved rounds (one step of each per round,
    order rotated) so machine noise hits all alike. Real tokens are the non-padding tokens; the
@@ -17,6 +18,9 @@ against the same target and with its validation loss against the bucketed loop's
 2. Quality: each model's validation loss after the same number of steps (the same number of
    examples); the loops' difference is compared with the spread between seeds of one loop.
 3. Memory: peak resident memory over a few steps of each loop, each in a fresh process.
+4. Start-up: each loop's first step in that fresh process (a cold compile cache: this run's own, in a
+   temporary folder) and its warm-up steps in the interleaved rounds (the cache then warm), which is
+   what compilation costs a trial against what it saves per step.
 """
 
 import argparse
@@ -25,20 +29,24 @@ import multiprocessing
 import os
 import statistics
 import sys
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="throughput-inductor-"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+
+import torch  # noqa: E402
 
 import methods  # noqa: E402
 from harness import data  # noqa: E402
 from harness.config import TrialConfig  # noqa: E402
 from harness.flops import Counter, peak  # noqa: E402
-from harness.loss import loss_of  # noqa: E402
+from harness.loss import loss_of, selective_loss  # noqa: E402
 from harness.memory import PeakMemory  # noqa: E402
 from harness.model import pick_device  # noqa: E402
 from harness.tasks import resolve  # noqa: E402
@@ -63,20 +71,25 @@ class Run:
         self.model, tok, train_ex, val_ex = prepare(cfg, self.device)
         self.model, _ = add_adapters(cfg, self.model, train_ex, tok.pad_token_id, self.device)
         self.model.train()
-        if ALL[loop].get("compile"):  # in place, so parameter names (and the saved adapter) are unchanged
-            self.model.get_base_model().get_decoder().compile(dynamic=True)
+        # compiling the loss, not the model, keeps parameter names (and the saved adapter) unchanged
+        self.compiled = torch.compile(selective_loss, dynamic=True) if ALL[loop].get("compile") else None
         self.optimizer = methods.get("lora").optimizer(self.model, cfg.lr, cfg.hparams, cfg.weight_decay)
         self.schedule, self.cfg = schedule(self.optimizer, cfg), cfg
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.batches = data.batches(train_ex, cfg.batch_size, tok.pad_token_id, seed, cfg.batching)
         self.val = lambda: validation_loss(self.model, val_ex, cfg.batch_size, tok.pad_token_id)
         self.flops = Counter(self.model)
-        self.times, self.tokens, self.padded, self.work = [], [], [], []
+        self.times, self.tokens, self.padded, self.work, self.warmup = [], [], [], [], []
+
+    def loss(self, batch: dict):
+        if self.compiled:
+            return self.compiled(self.model, {k: v.to(self.device) for k, v in batch.items()})
+        return loss_of(self.model, batch, self.selective)
 
     def step(self, timed: bool):
         batch = next(self.batches)
         start = time.perf_counter()
-        loss_of(self.model, batch, self.selective).backward()
+        self.loss(batch).backward()
         clip(self.params, self.cfg.max_grad_norm)
         self.optimizer.step()
         self.schedule.step()
@@ -86,16 +99,19 @@ class Run:
             self.tokens.append(int(batch["attention_mask"].sum()))
             self.padded.append(batch["attention_mask"].numel())
             self.work.append(self.flops.batch(batch))
+        else:
+            self.warmup.append(time.perf_counter() - start)
 
 
 def memory_phase(args, loop: str) -> dict:
-    """Peak resident memory over a few steps of one loop, in MiB, with what was held before them."""
+    """Peak resident memory over a few steps of one loop, in MiB, with what was held before them,
+    and the first step's seconds (compilation with a cold cache)."""
     run = Run(args, loop, 0)
     with PeakMemory(run.device) as memory:
         before = memory.now()
         for _ in range(MEMORY_STEPS):
             run.step(timed=False)
-    return dict(peak_mb=memory.mb, before_mb=before, steps_mb=memory.mb - before)
+    return dict(peak_mb=memory.mb, before_mb=before, steps_mb=memory.mb - before, first_step_s=run.warmup[0])
 
 
 def in_fresh_process(phase, *args) -> dict:
@@ -121,6 +137,7 @@ def summary(runs: list[Run], loops: list[str]) -> dict:
         out[loop] = dict(real_tokens_per_s=tokens / seconds, real_share=tokens / sum(sum(r.padded) for r in mine),
                          mfu=sum(sum(r.work) for r in mine) / seconds / flops, peak_flops=flops,
                          step_s=statistics.median(t for r in mine for t in r.times),
+                         warmup_s=statistics.mean(sum(r.warmup) for r in mine),
                          val_loss={r.seed: r.val() for r in mine})
     return out
 
@@ -132,6 +149,16 @@ def against(result: dict, loop: str, base: str, spread: float) -> str:
     return (f"{loop} / padded: {speedup:.2f}x (target >= {TARGET}) -> {'PASS' if speedup >= TARGET else 'MISS'}; "
             f"val loss {mean:.4f} against {base}'s {other:.4f}: difference {abs(mean - other):.4f}, "
             f"{'within' if abs(mean - other) <= spread else 'BEYOND'} the seed-to-seed spread of {spread:.4f}")
+
+
+def start_up(result: dict, memory: dict, steps: int) -> str:
+    """What compiling costs a trial's first steps against what it saves per step."""
+    cold, warm = (memory["compiled"]["first_step_s"] - memory["bucketed"]["first_step_s"],
+                  result["compiled"]["warmup_s"] - result["bucketed"]["warmup_s"])
+    saved = result["bucketed"]["step_s"] - result["compiled"]["step_s"]
+    pays = f"pays after {warm / saved:.0f} steps with a warm cache" if saved > 0 else "never pays"
+    return (f"compiled: {cold:.0f} s more than bucketed to start with a cold cache, {warm:.0f} s with a warm "
+            f"one; saves {saved:.3f} s a step, so it {pays} (this run: {steps} steps)")
 
 
 def main():
@@ -153,17 +180,21 @@ def main():
     result = summary(runs, loops)
 
     print(f"\n{'loop':<9} {'real tok/s':>10} {'real share':>10} {'median step s':>13} {'MFU':>6} "
-          f"{'peak MiB':>9} {'steps MiB':>9}  val_loss by seed")
+          f"{'peak MiB':>9} {'steps MiB':>9} {'1st step s':>10} {'warm-up s':>9}  val_loss by seed")
     for loop, r in result.items():
         losses = " ".join(f"{v:.4f}" for v in r["val_loss"].values())
         print(f"{loop:<9} {r['real_tokens_per_s']:10.1f} {r['real_share']:10.1%} {r['step_s']:13.3f} "
-              f"{r['mfu']:6.1%} {memory[loop]['peak_mb']:9.0f} {memory[loop]['steps_mb']:9.0f}  {losses}")
+              f"{r['mfu']:6.1%} {memory[loop]['peak_mb']:9.0f} {memory[loop]['steps_mb']:9.0f} "
+              f"{memory[loop]['first_step_s']:10.1f} {r['warmup_s']:9.1f}  {losses}")
     spread = max(max(r["val_loss"].values()) - min(r["val_loss"].values()) for r in result.values())
     print(f"\nMFU against each loop's measured matmul peak in its dtype: "
           + ", ".join(f"{loop} {r['peak_flops'] / 1e9:.0f} GFLOP/s" for loop, r in result.items()))
     print(f"validation loss after {args.steps} steps (the same examples), each loop's mean over seeds:")
     for loop in loops[1:]:
         print("  " + against(result, loop, "padded" if loop == "bucketed" else "bucketed", spread))
+    print(f"1st step: in a fresh process (cold compile cache); warm-up: the {WARMUP} untimed steps of the rounds")
+    if "compiled" in result:
+        print("  " + start_up(result, memory, args.steps))
     if args.json:
         speedup = result["bucketed"]["real_tokens_per_s"] / result["padded"]["real_tokens_per_s"]
         Path(args.json).write_text(json.dumps(dict(args=vars(args), loops=result, memory=memory, speedup=speedup),
