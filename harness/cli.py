@@ -177,13 +177,14 @@ def parse_lrs(text: str) -> list:
 
 def sweep_config(args):
     from harness import sweep
+    from reports.robustness import LOSS_TOL
     names = methods_list(args.methods)
     return sweep.SweepConfig(
         methods=names, trial=config_from(args, method=names[0], lr=1.0, seed=args.seed),
         name=args.resume or args.name, search=args.search, trials=args.trials, scheduler=args.scheduler,
         seeds=args.seeds if args.seeds is not None else (3 if args.search == "refine" else 1), lrs=args.lrs,
-        resolution=args.resolution, budget=args.budget, loss_tol=args.loss_tol, cpus_per_trial=args.cpus_per_trial,
-        gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
+        resolution=args.resolution, budget=args.budget, loss_tol=LOSS_TOL if args.loss_tol is None else args.loss_tol,
+        cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
         max_failures=args.max_failures, address=args.address, scale_wait=args.scale_wait, storage=args.storage,
         tracking_uri=args.tracking_uri, resume=bool(args.resume), spaces=args.spaces)
 
@@ -405,9 +406,9 @@ def add_run_options(p):
     p.add_argument("--scheduler", default="none", help="none, or asha (early stopping on val loss)")
     p.add_argument("--seeds", type=int, default=None, help="seeds per grid point; refine: most seeds per rung "
                    "(default: 1; refine 3)")
-    p.add_argument("--loss-tol", type=parse_number, default=0.05, help="robust window: val loss within this "
-                   "fraction of the best, for refine and the report (default: 0.05; a smaller one where the "
-                   "losses of every rung lie within 5%%, as on the smoke preset)")
+    p.add_argument("--loss-tol", type=parse_number, default=None, help="robust window: val loss within this "
+                   "fraction of the best, for refine and the report (default: the report's, 0.05; a smaller one "
+                   "where the losses of every rung lie within 5%%, as on the smoke preset)")
     p.add_argument("--resolution", type=parse_number, default=0.25, help="refine: finest ladder step in "
                    "decades, rounded down to 1/2^k (default: 0.25)")
     p.add_argument("--budget", type=int, default=0, help="refine: most trials in all, shared evenly by the "
@@ -468,7 +469,7 @@ def build_parser() -> Parser:
                         help="score: auto = accuracy when >= 200 GSM8K questions were scored, else val_loss")
     report.add_argument("--loss-tol", type=parse_number, default=None,
                         help="robust window: val loss within this fraction of the best (default: the sweep's "
-                        "--loss-tol, 0.05 unless it was given)")
+                        "--loss-tol, else the report's)")
     report.add_argument("--acc-tol", type=parse_number, default=0.02,
                         help="robust window: accuracy within this much of the best (default: 0.02 = 2 points)")
     report.add_argument("--reference-lr", type=parse_number, default=None,

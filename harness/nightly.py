@@ -29,7 +29,7 @@ from matplotlib.figure import Figure
 from harness.config import PRESETS, TrialConfig, UsageError, load_yaml, quote
 from reports import statistics as stats
 from reports.plots import lr_label
-from reports.robustness import METRICS
+from reports.robustness import LOSS_TOL, METRICS
 
 REQUIRED = ("suite", "task", "preset", "methods")
 OPTIONAL = ("lrs", "seeds", "metric", "loss_tol", "acc_tol", "data_dir", "storage", "tracking_uri",
@@ -58,7 +58,7 @@ def load_suite(path: str) -> dict:
         if suite.get(key) and "://" not in suite[key]:  # a bucket URI stays as it is
             suite[key] = str((file.parent / suite[key]).resolve())
     suite.setdefault("metric", "val_loss")
-    suite.setdefault("loss_tol", 0.05)
+    suite.setdefault("loss_tol", LOSS_TOL)
     suite.setdefault("acc_tol", 0.02)
     return suite
 

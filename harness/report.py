@@ -4,7 +4,7 @@ from pathlib import Path
 
 import reports
 from harness import storage, tasks, tracking
-from harness.search import LOSS_TOL
+from reports.robustness import LOSS_TOL
 from harness.tracking import _value
 from reports.render import _html_table, _md_table
 

@@ -39,9 +39,9 @@ from ray.tune.search import Searcher
 
 from reports import robustness
 from reports import statistics as stats
+from reports.robustness import LOSS_TOL
 
 DIVERGED = 1e9  # the objective of a diverged trial: worse than any real loss, still finite for MLflow
-LOSS_TOL = 0.05  # the report's default robust window: val loss within 5% of the best
 TIE = 1e-3       # relative loss differences below this are ties, however small the seed noise
 
 log = logging.getLogger(__name__)

@@ -25,6 +25,7 @@ from harness.config import (Halt, Interrupted, TrialConfig, UsageError, check_na
 from harness.progress import Progress
 from harness.search import DIVERGED
 from harness.tasks import preset_hparams, resolve
+from reports.robustness import LOSS_TOL
 
 LISTED = 200     # a dry run lists the trials of a grid up to this many, else summarizes it
 LOCK = "driver.lock"  # in the sweep's location: its driver's host, pid and heartbeat (storage.Lock)
@@ -39,7 +40,7 @@ class SweepConfig:
     trials: int = 8                 # optuna trials per method
     resolution: float = 0.25        # refine: the finest ladder step, in decades
     budget: int = 0                 # refine: most trials in all (0: the full fine grid's count)
-    loss_tol: float = 0.05          # robust window: val loss within this fraction of the best (refine, report)
+    loss_tol: float = LOSS_TOL          # robust window: val loss within this fraction of the best (refine, report)
     scheduler: str = "none"         # none | asha
     seeds: int = 1
     lrs: list = field(default_factory=list)

@@ -38,6 +38,7 @@ from reports import statistics as stats
 METRICS = {"val_loss": "val_loss", "accuracy": "gsm8k_flexible"}
 STATUSES = ("finished", "diverged", "failed", "stopped")
 BAD = ("diverged", "failed", "stopped")
+LOSS_TOL = 0.05  # the default robust window: val loss within 5% of the best
 SLACK = 1e-9  # float slack: a score exactly at the tolerance (0.45 - 0.02) is inside it
 
 
@@ -47,7 +48,7 @@ def at_most(value, limit) -> bool:
     return value <= limit + SLACK * abs(limit)
 
 
-def analyze(rows, *, metric="val_loss", loss_tol=0.05, acc_tol=0.02, reference_lr=None,
+def analyze(rows, *, metric="val_loss", loss_tol=LOSS_TOL, acc_tol=0.02, reference_lr=None,
             target_loss=None, resamples=1000, bootstrap_seed=0, loss_name="validation loss",
             setting=None) -> dict:
     """Per-method rungs, best lr and its interval, robust windows, reference-lr score, steps to
