@@ -4,9 +4,9 @@ from pathlib import Path
 
 import reports
 from harness import storage, tasks, tracking
-from reports.robustness import LOSS_TOL
 from harness.tracking import _value
 from reports.render import _html_table, _md_table
+from reports.robustness import LOSS_TOL
 
 QUESTIONS_TO_RANK = 200  # fewer scored questions cannot separate methods: val loss ranks instead
 
