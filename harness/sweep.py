@@ -40,7 +40,7 @@ class SweepConfig:
     trials: int = 8                 # optuna trials per method
     resolution: float = 0.25        # refine: the finest ladder step, in decades
     budget: int = 0                 # refine: most trials in all (0: the full fine grid's count)
-    loss_tol: float = LOSS_TOL          # robust window: val loss within this fraction of the best (refine, report)
+    loss_tol: float = LOSS_TOL      # robust window: val loss within this fraction of the best (refine, report)
     scheduler: str = "none"         # none | asha
     seeds: int = 1
     lrs: list = field(default_factory=list)
