@@ -18,11 +18,15 @@ which trials complete. A round adds, in this order of priority:
 4. the robust window's edges (the report's rule: contiguous ok rungs with val loss within
    --loss-tol of the best): the midpoint towards the rung outside, or half a decade past an edge
    that reaches the end of the rungs tried;
-5. seeds, up to --seeds, at the best rung (its mean sets the window's threshold), and at each ok
-   rung within noise of the best (|ln a - ln b| within the 95% interval of the line's pooled seed
-   noise, reports.statistics.seed_noise, or below TIE) that --seeds seeds at both could still tell
-   apart from it: a gap below that interval stays a tie however many seeds run, so seeding it buys
-   nothing. Where the seeds agree exactly (a method whose init ignores the seed) more seeds cannot
+5. seeds, in the robust window only (what lies outside it decides nothing the report states):
+   a. a second seed at each one-seed rung within noise of the best (|ln a - ln b| within the 95%
+      interval of the line's pooled seed noise, reports.statistics.seed_noise, or below TIE): the
+      noise may differ from rung to rung (a seed-dependent dip at high lrs), and one seed there
+      cannot show it;
+   b. up to --seeds at the best rung (its mean sets the window's threshold), and at each rung
+      within noise of the best that --seeds seeds at both could still tell apart from it: a gap
+      below that interval stays a tie however many seeds run, so seeding it buys nothing.
+   Where the seeds agree exactly (a method whose init ignores the seed) more seeds cannot
    tell rungs apart: none are added.
 4 and 5 wait while 1 or 2 add anything: the window and the seeds follow the best, which may move.
 The noise is the line's own (a pool over other lines would make it depend on their timing).
@@ -266,7 +270,10 @@ class Refine(Searcher):
             elif abs(outside - edge) > 1:
                 want((edge + outside) // 2, seed0, f"window edge between {lr(edge)} (in) and {lr(outside)} (out)")
         if view.noise and view.noise["sd"] > 0:
-            for p in view.worth_seeding(self.seeds):
+            unchecked = [p for p in view.close_to_best() if low <= p <= high and view.count(p) == 1]
+            for p in unchecked if self.seeds > 1 else []:
+                want(p, seed0 + 1, "seed 2: in the window on one seed; is its seed noise the best's?")
+            for p in [p for p in view.worth_seeding(self.seeds) if low <= p <= high]:
                 why = "the best: its mean sets the window" if p == b else "within noise of the best, separable"
                 for s in range(view.count(p), self.seeds):
                     want(p, seed0 + s, f"seed {s + 1} of {self.seeds}: {why}")
