@@ -27,7 +27,11 @@ Windows, both contiguous ok rungs around the best lr:
   Loss, lower is better: the improvement over the initial val loss (val_loss_init, at the best
   rung) reaches 90% of the best improvement, i.e. loss <= init - 0.9 * (init - best).
 A side is open (open_low / open_high) where the window reaches the lowest / highest lr the method
-tried: it may extend beyond. A best lr at either end is flagged (edge: "low", "high" or "both")."""
+tried: it may extend beyond. A best lr at either end is flagged (edge: "low", "high" or "both").
+window_seeds, a jackknife over seeds: the window again with each seed left out (a rung with one
+seed keeps it). The seed noise can differ from rung to rung (one seed dipping where the others
+are flat), which no pooled interval shows; a window that one seed moves is not settled, and the
+lrs it moves over are where more seeds decide it."""
 
 import json
 import math
@@ -84,6 +88,9 @@ def analyze(rows, *, metric="val_loss", loss_tol=LOSS_TOL, acc_tol=0.02, referen
         best = methods[name]["best_lr"]
         kept[name] = next((t for r, t in rungs if r["lr"] == best), [])
 
+    for name in names:
+        methods[name]["window_seeds"] = _window_seeds([r for r in rows if r["method"] == name], ladder,
+                                                      methods[name], key, lower, loss_tol, acc_tol)
     reference_lr, reference_source = _reference(methods, reference_lr)
     target_loss, target_source = _target(methods, target_loss)
     for name, m in methods.items():
@@ -255,6 +262,34 @@ def _window(rungs, b, tried, inside):
     low, high = rungs[tried[lo]]["lr"], rungs[tried[hi]]["lr"]
     return {"low": low, "high": high, "rungs": hi - lo + 1, "decades": math.log10(high / low),
             "open_low": lo == 0, "open_high": hi == len(tried) - 1}
+
+
+def _window_seeds(trials, ladder, m, key, lower, loss_tol, acc_tol):
+    """How far one seed moves the window (a jackknife over seeds): the window with each seed left
+    out, where a rung keeps another scored seed (a one-seed rung keeps its seed). {"without":
+    {seed: window}, "shift": the farthest an edge moves (ladder rungs), "unsettled": the lrs
+    tried that some of these windows hold and others do not}; None without a rung of >= 2 seeds."""
+    by_lr = {lr: [t for t in trials if _lr(t["lr"]) == lr] for lr in ladder}
+    if m["window"] is None or not any(r["n"] > 1 for r in m["rungs"] if r["status"] == "ok"):
+        return None
+
+    def without(seed):
+        rungs = []
+        for lr, here in by_lr.items():
+            kept = [t for t in here if t.get("seed") != seed]
+            rung = _rung(kept if any(t["status"] == "finished" for t in kept) else here, lr, key, lower)[0]
+            rungs.append({**rung, "ci": None})  # a window needs no interval
+        return _method(rungs, lower, loss_tol, acc_tol)["window"]
+
+    windows = {str(seed): without(seed) for seed in sorted({t.get("seed") for t in trials}, key=str)}  # JSON keys
+    every = [m["window"], *windows.values()]
+    tried = [lr for lr, here in by_lr.items() if here]
+    held = [[w is not None and w["low"] <= lr <= w["high"] for w in every] for lr in tried]
+    index = ladder.index
+    shift = max((max(abs(index(w["low"]) - index(m["window"]["low"])),
+                     abs(index(w["high"]) - index(m["window"]["high"])))
+                 for w in windows.values() if w), default=0)
+    return {"without": windows, "shift": shift, "unsettled": [lr for lr, h in zip(tried, held) if len(set(h)) > 1]}
 
 
 def _reference(methods, given):

@@ -289,6 +289,10 @@ def verdict(a) -> str:
     if reach:
         out.append(f"Reaching 90% of the best {'improvement' if a['lower_is_better'] else 'score'}: "
                    + ", ".join(f"{n} {decades_text(methods[n]['window90'])}" for n in reach) + ".")
+    moved = [n for n in usable if (methods[n].get("window_seeds") or {}).get("unsettled")]
+    if moved:
+        out.append("One seed moves the window of " + ", ".join(_moved(n, methods[n]) for n in moved)
+                   + ": the seeds disagree there.")
     unsure = [n for n in ranked if (ci := methods[n]["best_lr_ci"]) and ci["low"] is not None
               and ci["low"] != ci["high"]]
     if unsure:
@@ -298,6 +302,19 @@ def verdict(a) -> str:
             f"{lr_label(methods[n]['best_lr_ci']['modal_lr'])})" for n in unsure) + ".")
     out += _next(a, lead, tied, unknown, unsure)
     return " ".join(out)
+
+
+def _moved(name, m) -> str:
+    """'lora by 3 rungs (without seed 2: [3e-3, 1e-1] open above, against [1e-2, 1.78e-2])': the
+    variant farthest from the window (a window moves only if some variant's edges differ)."""
+    w, ws = m["window"], m["window_seeds"]
+
+    def apart(v):
+        return abs(math.log(v["low"] / w["low"])) + abs(math.log(v["high"] / w["high"]))
+
+    seed, far = max(((s, v) for s, v in ws["without"].items() if v), key=lambda sv: apart(sv[1]))
+    return (f"{name} by {ws['shift']} rung{'s' * (ws['shift'] != 1)} "
+            f"(without seed {seed}: {window_text(far)}, against {window_text(w)})")
 
 
 def _next(a, lead, tied, unknown, unsure) -> list:
@@ -332,6 +349,9 @@ def _next(a, lead, tied, unknown, unsure) -> list:
                    f"with up to {MAX_SEEDS} seeds each.")
     for name in ([lead] + unknown) if unknown else []:
         add(name, MORE_SEEDS)
+    for name, m in methods.items():
+        if (m.get("window_seeds") or {}).get("unsettled"):
+            add(name, MORE_SEEDS, m["window_seeds"]["unsettled"])
     contenders = {lead, *(c["b"] for c in tied), *unknown}
     for name in unsure:
         if name in contenders:

@@ -241,6 +241,25 @@ def test_toy_scale_losses_read_in_scientific_notation(tmp_path):
     assert "| a | 1e-4 | 1.000e-28 (1 seed: no se) |" in md and "| 0.0000 |" not in md
 
 
+def test_a_window_one_seed_decides_is_named_with_the_runs_that_would_settle_it():
+    # seeds 0 and 1 are flat from 3e-4 up; seed 2 dips at 1e-3 alone, so the mean's window is 1e-3
+    dip = {1e-4: [1.3, 1.3, 1.3], 3e-4: [1.0, 1.001, 1.0], 1e-3: [1.0, 1.001, 0.9], 3e-3: [1.001, 1.0, 1.0]}
+    calm = {1e-4: [1.3, 1.31, 1.3], 3e-4: [1.0, 1.01, 1.0], 1e-3: [1.2, 1.21, 1.2]}
+    a = analyze(losses("a", dip) + losses("b", calm), loss_tol=0.01)
+    ws = a["methods"]["a"]["window_seeds"]
+    assert (a["methods"]["a"]["window"]["low"], a["methods"]["a"]["window"]["high"]) == (1e-3, 1e-3)
+    assert (ws["without"]["2"]["low"], ws["without"]["2"]["high"]) == (3e-4, 3e-3)
+    assert ws["without"]["0"]["low"] == ws["without"]["1"]["low"] == 1e-3  # seed 2 alone decides it
+    assert (ws["shift"], ws["unsettled"]) == (1, [3e-4, 3e-3])
+    assert a["methods"]["b"]["window_seeds"] == {"without": {s: a["methods"]["b"]["window"] for s in "012"},
+                                                 "shift": 0, "unsettled": []}
+    v = a["verdict"]
+    assert ("One seed moves the window of a by 1 rung (without seed 2: [3e-4, 3e-3] open above, against "
+            "[1e-3, 1e-3]): the seeds disagree there.") in v
+    assert "2 more seeds of a at 3e-4, 1e-3 and 3e-3" in v and "window of b" not in v  # 1e-3: its best
+    assert analyze(losses("a", {1e-4: [1.0], 3e-4: [0.9]}))["methods"]["a"]["window_seeds"] is None  # one seed
+
+
 # --- the verdict ---
 
 def test_verdict_with_no_usable_method():
