@@ -23,9 +23,10 @@ which trials complete. A round adds, in this order of priority:
       interval of the line's pooled seed noise, reports.statistics.seed_noise, or below TIE): the
       noise may differ from rung to rung (a seed-dependent dip at high lrs), and one seed there
       cannot show it;
-   b. up to --seeds at the best rung (its mean sets the window's threshold), and at each rung
-      within noise of the best that --seeds seeds at both could still tell apart from it: a gap
-      below that interval stays a tie however many seeds run, so seeding it buys nothing.
+   b. up to --seeds at the best rung (its mean sets the window's threshold), then, once it has
+      them, at each rung within noise of the best that --seeds seeds at both could still tell
+      apart from it: a gap below that interval stays a tie however many seeds run, so seeding it
+      buys nothing.
    Where the seeds agree exactly (a method whose init ignores the seed) more seeds cannot
    tell rungs apart: none are added.
 4 and 5 wait while 1 or 2 add anything: the window and the seeds follow the best, which may move.
@@ -273,7 +274,8 @@ class Refine(Searcher):
             unchecked = [p for p in view.close_to_best() if low <= p <= high and view.count(p) == 1]
             for p in unchecked if self.seeds > 1 else []:
                 want(p, seed0 + 1, "seed 2: in the window on one seed; is its seed noise the best's?")
-            for p in [p for p in view.worth_seeding(self.seeds) if low <= p <= high]:
+            seeding = [p for p in view.worth_seeding(self.seeds) if low <= p <= high]
+            for p in [b] if view.count(b) < self.seeds else seeding:  # others are judged by the best's mean
                 why = "the best: its mean sets the window" if p == b else "within noise of the best, separable"
                 for s in range(view.count(p), self.seeds):
                     want(p, seed0 + s, f"seed {s + 1} of {self.seeds}: {why}")
