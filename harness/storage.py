@@ -240,15 +240,19 @@ def read_lock(location: str) -> dict | None:
     """A lock's record, or None if there is none. A record being written (empty) or damaged counts
     as a fresh one of an unknown owner, dated by the file's time."""
     fs, path = resolve(location)
-    info = fs.get_file_info(path)
-    if info.type == pafs.FileType.NotFound:
-        return None
-    try:
-        data = read_bytes(location)
-    except OSError:
-        if exists(location):
-            raise
-        return None  # released meanwhile
+    for attempt in range(3):
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.NotFound:
+            return None
+        try:
+            data = read_bytes(location)
+            break
+        except OSError:
+            if not exists(location):
+                return None  # released meanwhile
+            if attempt == 2:
+                raise
+            # else replaced between our two looks (a take-over): read the new one
     try:
         return json.loads(data)
     except ValueError:

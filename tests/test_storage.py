@@ -173,6 +173,20 @@ def test_a_dead_owners_lock_is_taken_over_once(root):
     won[0].release()
 
 
+def test_a_lock_replaced_between_the_look_and_the_read_is_read_anew(root, monkeypatch):
+    where = storage.join(root, "sweep", "driver.lock")
+    storage.write_text(where, lock_record(token="new"))
+    read, calls = storage.read_bytes, []
+
+    def replaced_once(location):
+        calls.append(location)
+        if len(calls) == 1:
+            raise FileNotFoundError(location)  # what a reader sees while a taker unlinks and recreates it
+        return read(location)
+    monkeypatch.setattr(storage, "read_bytes", replaced_once)
+    assert storage.read_lock(where)["token"] == "new" and len(calls) == 2
+
+
 def test_a_live_owner_keeps_the_lock_until_it_ends(root):
     where = storage.join(root, "driver.lock")
     owner = subprocess.Popen(["sleep", "60"])
