@@ -1,9 +1,27 @@
-"""Peak memory of a phase: allocator peak on CUDA, sampled resident set size on CPU."""
+"""Peak memory of a phase: allocator peak on CUDA, sampled resident set size on CPU; and the CPU
+allocator's setting for training loops."""
 
+import ctypes
+import platform
 import threading
 
 import psutil
 import torch
+
+
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4   # glibc's mallopt parameters (malloc.h)
+
+
+def keep_freed(device: torch.device) -> bool:
+    """On CPU under glibc, let malloc keep freed memory for reuse rather than return it to the
+    system: by default every tensor above its mmap threshold (grown to at most 32 MiB) is a fresh
+    mapping, whose pages fault in and are zeroed again each step, 60,000 faults a step on the `cpu`
+    preset (benchmarks/throughput.py). The process then holds its peak until it ends, which a
+    trial process may. Whether the setting was made."""
+    if device.type != "cpu" or platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL("libc.so.6")
+    return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
 
 
 class PeakMemory:

@@ -18,12 +18,12 @@ from peft import get_peft_model
 from tqdm import tqdm
 
 import methods
-from harness import data, inits
+from harness import data, inits, lora_linear
 from harness.config import TrialConfig
 from harness.faults import maybe_inject
 from harness.flops import Counter, peak
 from harness.loss import loss_of
-from harness.memory import PeakMemory
+from harness.memory import PeakMemory, keep_freed
 from harness.model import load, pick_device, pick_dtype, target_modules
 
 
@@ -169,11 +169,13 @@ def run_trial(cfg: TrialConfig, report=None, progress: bool = False,
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg.device)
     dtype = pick_dtype(device, cfg.dtype)
+    keep_freed(device)
     with timer("load"):
         model, tok = load(cfg.model, device, dtype, cfg.trust_remote_code)
     with timer("data"):
         train_ex, val_ex = examples(cfg, tok, training)
     model, info = add_adapters(cfg, model, train_ex, tok.pad_token_id, device)
+    info["fused_lora_layers"] = lora_linear.install(model, cfg.lora_kernel)
     method = methods.get(cfg.method)
     init_dir = save_init(model, cfg.out) if method.mutates_base else None
     optimizer = method.optimizer(model, cfg.lr, cfg.hparams, cfg.weight_decay)

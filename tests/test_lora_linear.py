@@ -1,0 +1,99 @@
+"""The fused LoRA layer (harness.lora_linear) against PEFT's own forward and backward."""
+
+import copy
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from peft.tuners.lora.layer import Linear as PeftLinear
+
+from harness import data, lora_linear
+from harness.loss import loss_of
+from harness.train import prepare, run_trial
+
+
+def adapted(cfg, **lora):
+    """The tiny Llama with LoRA adapters whose B is not zero, so the adapters change the output."""
+    model, tok, train_ex, _ = prepare(cfg, torch.device("cpu"))
+    lora = dict(dict(r=4, lora_alpha=12, target_modules="all-linear", init_lora_weights=False), **lora)
+    return get_peft_model(model, LoraConfig(**lora)), tok, train_ex
+
+
+def loss_and_grads(model, batch):
+    model.zero_grad()
+    loss = loss_of(model, batch)
+    loss.backward()
+    return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_one_layer_equals_peft_in_output_and_every_gradient():
+    torch.manual_seed(0)
+    net = get_peft_model(torch.nn.Sequential(torch.nn.Linear(24, 40)),
+                         LoraConfig(r=4, lora_alpha=8, target_modules=["0"], init_lora_weights=False))
+    layer = net.base_model.model[0]
+    assert lora_linear.covered(layer)
+    x = torch.randn(3, 5, 24, requires_grad=True)
+    outputs, grads = [], []
+    for fused in (False, True):
+        if fused:
+            assert lora_linear.install(net, "fused") == 1
+        y = layer(x)
+        (y * torch.linspace(-1, 1, 40)).sum().backward()
+        outputs.append(y.detach().clone())
+        grads.append([t.grad.clone() for t in (x, layer.lora_A["default"].weight, layer.lora_B["default"].weight)])
+        for t in (x, layer.lora_A["default"].weight, layer.lora_B["default"].weight):
+            t.grad = None
+    assert outputs[1].shape == (3, 5, 40)
+    assert torch.allclose(outputs[0], outputs[1], rtol=1e-5, atol=1e-6)
+    for peft_grad, fused_grad in zip(*grads):
+        assert torch.allclose(peft_grad, fused_grad, rtol=1e-5, atol=1e-6)
+
+
+def test_a_tiny_model_trains_the_same_with_the_fused_layers(smoke):
+    model, tok, train_ex = adapted(smoke())
+    fused = copy.deepcopy(model)
+    switched = lora_linear.install(fused, "fused")
+    assert switched == sum(isinstance(m, PeftLinear) for m in model.modules()) > 0
+    batch = data.collate(train_ex[:6], tok.pad_token_id)
+    (loss, grads), (fused_loss, fused_grads) = loss_and_grads(model, batch), loss_and_grads(fused, batch)
+    assert abs(loss - fused_loss) <= 1e-5 * abs(loss)
+    assert grads.keys() == fused_grads.keys()
+    for name in grads:
+        assert (grads[name] - fused_grads[name]).norm() <= 1e-5 * grads[name].norm(), name   # float rounding
+    assert fused.state_dict().keys() == model.state_dict().keys()   # the saved adapter is PEFT's
+
+
+@pytest.mark.parametrize("lora", [dict(lora_dropout=0.1), dict(use_dora=True)])
+def test_layers_the_fused_form_does_not_cover_keep_pefts_forward(smoke, lora):
+    model, _, _ = adapted(smoke(), **lora)
+    assert lora_linear.install(model, "fused") == 0
+    assert not any("forward" in vars(m) for m in model.modules())
+
+
+def test_mixed_dtypes_and_disabled_adapters_take_pefts_path(smoke, monkeypatch):
+    model, tok, train_ex = adapted(smoke())
+    lora_linear.install(model, "fused")
+    calls = []
+    monkeypatch.setattr(lora_linear.LoraLinear, "apply", lambda *a: calls.append(a))
+    batch = data.collate(train_ex[:2], tok.pad_token_id)
+    with model.disable_adapter():
+        loss_of(model, batch)
+    assert not calls
+    model.base_model.model.to(torch.float64)
+    for module in model.modules():
+        if isinstance(module, PeftLinear):
+            module.lora_A.float()   # fp64 base, fp32 adapters
+            module.lora_B.float()
+    with torch.no_grad():
+        model(input_ids=batch["input_ids"])
+    assert not calls
+
+
+
+
+@pytest.mark.parametrize("method", ["lora", "pissa", "riemannian"])
+def test_a_trial_with_the_fused_layers_ends_where_pefts_does(smoke, tmp_path, method):
+    results = {kernel: run_trial(smoke(method, 1e-2, steps=6, eval_limit=0, lora_kernel=kernel,
+                                       out=str(tmp_path / kernel))) for kernel in lora_linear.KERNELS}
+    assert results["fused"]["fused_lora_layers"] > 0 and results["peft"]["fused_lora_layers"] == 0
+    assert abs(results["fused"]["val_loss"] - results["peft"]["val_loss"]) <= 1e-5 * results["peft"]["val_loss"]
