@@ -1,20 +1,24 @@
-"""Real tokens per second of the training loop before and after length-aware batching and
-selective logits, side by side in one run, with the validation loss each reaches and its memory.
+"""Real tokens per second of the training loop before and after this harness's throughput changes,
+side by side in one run, with the validation loss each reaches and its memory.
 
     python benchmarks/throughput.py --data-dir ../shared/data [--steps 24] [--seeds 2] [--candidates]
         [--json FILE]
 
 Loops (lora, the `cpu` preset's model, batch, length, schedule and clipping):
-- padded: random batches padded to their longest row, logits at every position (the loop before);
-- bucketed: rows of similar length batched together, logits only where labels are set.
-With --candidates, two levers the preset does not use are measured beside them (the bucketed loop
+- padded: random batches padded to their longest row, logits at every position, PEFT's LoRA
+  layer, malloc's default setting (the loop before);
+- bucketed: rows of similar length batched together, logits only where labels are set;
+- fused: the preset's loop now: bucketed, with the fused LoRA layers (harness.lora_linear) and
+  malloc keeping freed memory (harness.memory.keep_freed).
+With --candidates, two levers the preset does not use are measured beside them (the fused loop
 with its frozen base in bf16, adapters in fp32; and with its whole loss, decoder, head and
 cross-entropy, under torch.compile), each against the same target and with its validation loss
-against the bucketed loop's.
+against the fused loop's.
 
-1. Speed: one model per (loop, seed), stepped in interleaved rounds (one step of each per round,
-   order rotated) so machine noise hits all alike. Real tokens are the non-padding tokens; the
-   first rounds are warm-up and not timed.
+1. Speed: each loop's models, one per seed, live in a process of their own (malloc's setting is
+   per process) and are stepped in interleaved rounds (one step of each per round, order rotated,
+   one process stepping at a time) so machine noise hits all alike. Real tokens are the
+   non-padding tokens; the first rounds are warm-up and not timed.
 2. Quality: each model's validation loss after the same number of steps (the same number of
    examples); the loops' difference is compared with the spread between seeds of one loop.
 3. Memory: peak resident memory over a few steps of each loop, each in a fresh process.
@@ -26,6 +30,7 @@ against the bucketed loop's.
 import argparse
 import json
 import multiprocessing
+from multiprocessing.connection import Connection
 import os
 import statistics
 import sys
@@ -43,17 +48,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import methods  # noqa: E402
-from harness import data  # noqa: E402
+from harness import data, lora_linear  # noqa: E402
 from harness.config import TrialConfig  # noqa: E402
 from harness.flops import Counter, peak  # noqa: E402
 from harness.loss import loss_of, selective_loss  # noqa: E402
-from harness.memory import PeakMemory  # noqa: E402
+from harness.memory import PeakMemory, keep_freed  # noqa: E402
 from harness.model import pick_device  # noqa: E402
 from harness.tasks import resolve  # noqa: E402
 from harness.train import add_adapters, clip, prepare, schedule, seed_everything, validation_loss  # noqa: E402
 
-LOOPS = {"padded": dict(batching="shuffle", selective=False), "bucketed": dict(batching="bucket", selective=True)}
-CANDIDATES = {"bf16": dict(LOOPS["bucketed"], dtype="bfloat16"), "compiled": dict(LOOPS["bucketed"], compile=True)}
+BEFORE = dict(batching="shuffle", selective=False, lora_kernel="peft", keep_freed=False)
+LOOPS = {"padded": BEFORE, "bucketed": dict(BEFORE, batching="bucket", selective=True),
+         "fused": dict(BEFORE, batching="bucket", selective=True, lora_kernel="fused", keep_freed=True)}
+CANDIDATES = {"bf16": dict(LOOPS["fused"], dtype="bfloat16"), "compiled": dict(LOOPS["fused"], compile=True)}
 ALL = {**LOOPS, **CANDIDATES}
 LR, WARMUP, MEMORY_STEPS, TARGET = 2e-4, 2, 3, 1.3
 
@@ -65,11 +72,12 @@ class Run:
         self.loop, self.seed, self.selective = loop, seed, ALL[loop]["selective"]
         cfg = resolve(TrialConfig(method="lora", lr=LR, preset="cpu", model=args.model, data_dir=args.data_dir,
                                   seed=seed, steps=args.steps, batching=ALL[loop]["batching"],
-                                  dtype=ALL[loop].get("dtype", "auto")))
+                                  lora_kernel=ALL[loop]["lora_kernel"], dtype=ALL[loop].get("dtype", "auto")))
         seed_everything(seed)
         self.device = pick_device(cfg.device)
         self.model, tok, train_ex, val_ex = prepare(cfg, self.device)
         self.model, _ = add_adapters(cfg, self.model, train_ex, tok.pad_token_id, self.device)
+        lora_linear.install(self.model, cfg.lora_kernel)
         self.model.train()
         # compiling the loss, not the model, keeps parameter names (and the saved adapter) unchanged
         self.compiled = torch.compile(selective_loss, dynamic=True) if ALL[loop].get("compile") else None
@@ -102,10 +110,22 @@ class Run:
         else:
             self.warmup.append(time.perf_counter() - start)
 
+    def outcome(self) -> dict:
+        flops, _ = peak(self.device, next(self.model.parameters()).dtype)  # the loop's own dtype
+        return dict(times=self.times, tokens=self.tokens, padded=self.padded, work=self.work, warmup=self.warmup,
+                    val_loss=self.val(), peak_flops=flops)
+
+
+def start(loop: str):
+    """What a trial process of this loop does before loading its model."""
+    if ALL[loop]["keep_freed"]:
+        keep_freed(pick_device("auto"))
+
 
 def memory_phase(args, loop: str) -> dict:
     """Peak resident memory over a few steps of one loop, in MiB, with what was held before them,
     and the first step's seconds (compilation with a cold cache)."""
+    start(loop)
     run = Run(args, loop, 0)
     with PeakMemory(run.device) as memory:
         before = memory.now()
@@ -119,26 +139,53 @@ def in_fresh_process(phase, *args) -> dict:
         return pool.submit(phase, *args).result()
 
 
-def interleaved(runs: list[Run], steps: int):
-    for rnd in range(steps):
-        shift = rnd % len(runs)
-        for run in runs[shift:] + runs[:shift]:
-            run.step(timed=rnd >= WARMUP)
-        print(f"  round {rnd + 1}/{steps}" + (" (warm-up)" if rnd < WARMUP else ""), flush=True)
+def serve(conn: Connection, args, loop: str):
+    """A loop's models, one per seed, in a process of its own: steps one on each request, and
+    answers None with each model's outcome."""
+    start(loop)
+    runs = {seed: Run(args, loop, seed) for seed in range(args.seeds)}
+    conn.send("ready")
+    while (request := conn.recv()) is not None:
+        seed, timed = request
+        runs[seed].step(timed)
+        conn.send("done")
+    conn.send({seed: run.outcome() for seed, run in runs.items()})
 
 
-def summary(runs: list[Run], loops: list[str]) -> dict:
-    out = {}
+def interleaved(args, loops: list[str]) -> dict:
+    """{loop: {seed: outcome}} after args.steps rounds, one step of every (loop, seed) per round."""
+    spawn = multiprocessing.get_context("spawn")
+    pipes = {}
     for loop in loops:
-        mine = [r for r in runs if r.loop == loop]
-        seconds = sum(sum(r.times) for r in mine)
-        tokens = sum(sum(r.tokens) for r in mine)
-        flops, _ = peak(mine[0].device, next(mine[0].model.parameters()).dtype)  # the loop's own dtype
-        out[loop] = dict(real_tokens_per_s=tokens / seconds, real_share=tokens / sum(sum(r.padded) for r in mine),
-                         mfu=sum(sum(r.work) for r in mine) / seconds / flops, peak_flops=flops,
-                         step_s=statistics.median(t for r in mine for t in r.times),
-                         warmup_s=statistics.mean(sum(r.warmup) for r in mine),
-                         val_loss={r.seed: r.val() for r in mine})
+        pipes[loop], child = spawn.Pipe()
+        spawn.Process(target=serve, args=(child, args, loop), daemon=True).start()
+    for conn in pipes.values():
+        conn.recv()
+    models = [(loop, seed) for seed in range(args.seeds) for loop in loops]
+    for rnd in range(args.steps):
+        shift = rnd % len(models)
+        for loop, seed in models[shift:] + models[:shift]:
+            pipes[loop].send((seed, rnd >= WARMUP))
+            pipes[loop].recv()
+        print(f"  round {rnd + 1}/{args.steps}" + (" (warm-up)" if rnd < WARMUP else ""), flush=True)
+    outcomes = {}
+    for loop, conn in pipes.items():   # one at a time: each measures its matmul peak
+        conn.send(None)
+        outcomes[loop] = conn.recv()
+    return outcomes
+
+
+def summary(outcomes: dict) -> dict:
+    out = {}
+    for loop, by_seed in outcomes.items():
+        mine = list(by_seed.values())
+        seconds, tokens = sum(sum(r["times"]) for r in mine), sum(sum(r["tokens"]) for r in mine)
+        flops = mine[0]["peak_flops"]
+        out[loop] = dict(real_tokens_per_s=tokens / seconds, real_share=tokens / sum(sum(r["padded"]) for r in mine),
+                         mfu=sum(sum(r["work"]) for r in mine) / seconds / flops, peak_flops=flops,
+                         step_s=statistics.median(t for r in mine for t in r["times"]),
+                         warmup_s=statistics.mean(sum(r["warmup"]) for r in mine),
+                         val_loss={seed: r["val_loss"] for seed, r in by_seed.items()})
     return out
 
 
@@ -153,11 +200,11 @@ def against(result: dict, loop: str, base: str, spread: float) -> str:
 
 def start_up(result: dict, memory: dict, steps: int) -> str:
     """What compiling costs a trial's first steps against what it saves per step."""
-    cold, warm = (memory["compiled"]["first_step_s"] - memory["bucketed"]["first_step_s"],
-                  result["compiled"]["warmup_s"] - result["bucketed"]["warmup_s"])
-    saved = result["bucketed"]["step_s"] - result["compiled"]["step_s"]
+    cold, warm = (memory["compiled"]["first_step_s"] - memory["fused"]["first_step_s"],
+                  result["compiled"]["warmup_s"] - result["fused"]["warmup_s"])
+    saved = result["fused"]["step_s"] - result["compiled"]["step_s"]
     pays = f"pays after {warm / saved:.0f} steps with a warm cache" if saved > 0 else "never pays"
-    return (f"compiled: {cold:.0f} s more than bucketed to start with a cold cache, {warm:.0f} s with a warm "
+    return (f"compiled: {cold:.0f} s more than fused to start with a cold cache, {warm:.0f} s with a warm "
             f"one; saves {saved:.3f} s a step, so it {pays} (this run: {steps} steps)")
 
 
@@ -174,10 +221,9 @@ def main():
 
     print("memory, each loop in a fresh process ...", flush=True)
     memory = {loop: in_fresh_process(memory_phase, args, loop) for loop in loops}
-    runs = [Run(args, loop, seed) for seed in range(args.seeds) for loop in loops]
-    print(f"{len(runs)} models ({', '.join(loops)} x {args.seeds} seeds), {args.steps} rounds ...", flush=True)
-    interleaved(runs, args.steps)
-    result = summary(runs, loops)
+    print(f"{len(loops) * args.seeds} models ({', '.join(loops)} x {args.seeds} seeds), {args.steps} rounds ...",
+          flush=True)
+    result = summary(interleaved(args, loops))
 
     print(f"\n{'loop':<9} {'real tok/s':>10} {'real share':>10} {'median step s':>13} {'MFU':>6} "
           f"{'peak MiB':>9} {'steps MiB':>9} {'1st step s':>10} {'warm-up s':>9}  val_loss by seed")
@@ -191,12 +237,13 @@ def main():
           + ", ".join(f"{loop} {r['peak_flops'] / 1e9:.0f} GFLOP/s" for loop, r in result.items()))
     print(f"validation loss after {args.steps} steps (the same examples), each loop's mean over seeds:")
     for loop in loops[1:]:
-        print("  " + against(result, loop, "padded" if loop == "bucketed" else "bucketed", spread))
+        print("  " + against(result, loop, "bucketed" if loop == "fused" else "padded" if loop in LOOPS else "fused",
+                             spread))
     print(f"1st step: in a fresh process (cold compile cache); warm-up: the {WARMUP} untimed steps of the rounds")
     if "compiled" in result:
         print("  " + start_up(result, memory, args.steps))
     if args.json:
-        speedup = result["bucketed"]["real_tokens_per_s"] / result["padded"]["real_tokens_per_s"]
+        speedup = result["fused"]["real_tokens_per_s"] / result["padded"]["real_tokens_per_s"]
         Path(args.json).write_text(json.dumps(dict(args=vars(args), loops=result, memory=memory, speedup=speedup),
                                               indent=2))
 
