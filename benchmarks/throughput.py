@@ -6,10 +6,10 @@ side by side in one run, with the validation loss each reaches and its memory.
 
 Loops (lora, the `cpu` preset's model, batch, length, schedule and clipping):
 - padded: random batches padded to their longest row, logits at every position, PEFT's LoRA
-  layer, malloc's default setting (the loop before);
+  layer and transformers' RMSNorm, malloc's default setting (the loop before);
 - bucketed: rows of similar length batched together, logits only where labels are set;
-- fused: the preset's loop now: bucketed, with the fused LoRA layers (harness.lora_linear) and
-  malloc keeping freed memory (harness.memory.keep_freed).
+- fused: the preset's loop now: bucketed, with the fused LoRA layers and RMSNorms
+  (harness.kernels) and malloc keeping freed memory (harness.memory.keep_freed).
 With --candidates, two levers the preset does not use are measured beside them (the fused loop
 with its frozen base in bf16, adapters in fp32; and with its whole loss, decoder, head and
 cross-entropy, under torch.compile), each against the same target and with its validation loss
@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import methods  # noqa: E402
-from harness import data, lora_linear  # noqa: E402
+from harness import data, kernels  # noqa: E402
 from harness.config import TrialConfig  # noqa: E402
 from harness.flops import Counter, peak  # noqa: E402
 from harness.loss import loss_of, selective_loss  # noqa: E402
@@ -57,9 +57,9 @@ from harness.model import pick_device  # noqa: E402
 from harness.tasks import resolve  # noqa: E402
 from harness.train import add_adapters, clip, prepare, schedule, seed_everything, validation_loss  # noqa: E402
 
-BEFORE = dict(batching="shuffle", selective=False, lora_kernel="peft", keep_freed=False)
+BEFORE = dict(batching="shuffle", selective=False, kernels="library", keep_freed=False)
 LOOPS = {"padded": BEFORE, "bucketed": dict(BEFORE, batching="bucket", selective=True),
-         "fused": dict(BEFORE, batching="bucket", selective=True, lora_kernel="fused", keep_freed=True)}
+         "fused": dict(BEFORE, batching="bucket", selective=True, kernels="fused", keep_freed=True)}
 CANDIDATES = {"bf16": dict(LOOPS["fused"], dtype="bfloat16"), "compiled": dict(LOOPS["fused"], compile=True)}
 ALL = {**LOOPS, **CANDIDATES}
 LR, WARMUP, MEMORY_STEPS, TARGET = 2e-4, 2, 3, 1.3
@@ -72,12 +72,12 @@ class Run:
         self.loop, self.seed, self.selective = loop, seed, ALL[loop]["selective"]
         cfg = resolve(TrialConfig(method="lora", lr=LR, preset="cpu", model=args.model, data_dir=args.data_dir,
                                   seed=seed, steps=args.steps, batching=ALL[loop]["batching"],
-                                  lora_kernel=ALL[loop]["lora_kernel"], dtype=ALL[loop].get("dtype", "auto")))
+                                  kernels=ALL[loop]["kernels"], dtype=ALL[loop].get("dtype", "auto")))
         seed_everything(seed)
         self.device = pick_device(cfg.device)
         self.model, tok, train_ex, val_ex = prepare(cfg, self.device)
         self.model, _ = add_adapters(cfg, self.model, train_ex, tok.pad_token_id, self.device)
-        lora_linear.install(self.model, cfg.lora_kernel)
+        kernels.install(self.model, cfg.kernels)
         self.model.train()
         # compiling the loss, not the model, keeps parameter names (and the saved adapter) unchanged
         self.compiled = torch.compile(selective_loss, dynamic=True) if ALL[loop].get("compile") else None
@@ -155,10 +155,11 @@ def serve(conn: Connection, args, loop: str):
 def interleaved(args, loops: list[str]) -> dict:
     """{loop: {seed: outcome}} after args.steps rounds, one step of every (loop, seed) per round."""
     spawn = multiprocessing.get_context("spawn")
-    pipes = {}
+    pipes, workers = {}, {}
     for loop in loops:
         pipes[loop], child = spawn.Pipe()
-        spawn.Process(target=serve, args=(child, args, loop), daemon=True).start()
+        workers[loop] = spawn.Process(target=serve, args=(child, args, loop), daemon=True)
+        workers[loop].start()
     for conn in pipes.values():
         conn.recv()
     models = [(loop, seed) for seed in range(args.seeds) for loop in loops]
@@ -169,9 +170,10 @@ def interleaved(args, loops: list[str]) -> dict:
             pipes[loop].recv()
         print(f"  round {rnd + 1}/{args.steps}" + (" (warm-up)" if rnd < WARMUP else ""), flush=True)
     outcomes = {}
-    for loop, conn in pipes.items():   # one at a time: each measures its matmul peak
+    for loop, conn in pipes.items():   # one at a time, each gone before the next measures its matmul peak
         conn.send(None)
         outcomes[loop] = conn.recv()
+        workers[loop].join()
     return outcomes
 
 

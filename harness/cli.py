@@ -97,8 +97,8 @@ def add_trial_options(p):
                    help="clip the gradient norm to this before each step; 0 = off (default: 1.0)")
     p.add_argument("--batching", default=None, help="bucket (rows of similar length batched together, "
                    "the default) or shuffle (random batches, padded to their longest row)")
-    p.add_argument("--lora-kernel", default=None, help="fused (LoRA layers as one autograd function with the "
-                   "same sums, the default) or peft (PEFT's own layer)")
+    p.add_argument("--kernels", default=None, help="fused (LoRA layers and RMSNorms as autograd functions "
+                   "with the same sums, the default) or library (PEFT's and transformers' own forward)")
     p.add_argument("--weight-decay", type=parse_number, default=None, help="AdamW weight decay (default: the preset's)")
     p.add_argument("--targets", default=None, help="layers that get adapters: all-linear, or module names "
                    "such as q_proj,v_proj (default: the preset's)")
@@ -122,7 +122,7 @@ def config_from(args, **extra) -> TrialConfig:
                        val_size=args.val_size, eval_limit=args.eval_limit, schedule=args.schedule,
                        warmup_steps=args.warmup_steps, warmup_ratio=args.warmup_ratio,
                        max_grad_norm=args.max_grad_norm, batching=args.batching,
-                       lora_kernel=args.lora_kernel, weight_decay=args.weight_decay, targets=args.targets,
+                       kernels=args.kernels, weight_decay=args.weight_decay, targets=args.targets,
                        device=args.device, dtype=args.dtype,
                        trust_remote_code=args.trust_remote_code, **extra)
 

@@ -97,10 +97,10 @@ PRESETS = {
 
 # Clipping at 1.0 is the Hugging Face default, which every reference run used.
 COMMON = dict(dtype="auto", grad_accum=1, max_grad_norm=1.0, warmup_steps=0, warmup_ratio=0.0,
-              weight_decay=0.0, targets="all-linear", batching="bucket", lora_kernel="fused")
+              weight_decay=0.0, targets="all-linear", batching="bucket", kernels="fused")
 SCHEDULES = ("linear", "cosine", "constant")
 BATCHINGS = ("bucket", "shuffle")
-LORA_KERNELS = ("fused", "peft")
+KERNELS = ("fused", "library")
 
 
 @dataclass
@@ -128,7 +128,7 @@ class TrialConfig:
     warmup_ratio: float | None = None
     max_grad_norm: float | None = None  # clip the raw gradient norm before each step; 0 = off
     batching: str | None = None       # bucket (rows of similar length batched together) | shuffle
-    lora_kernel: str | None = None    # fused (harness.lora_linear, same sums) | peft (PEFT's own layer)
+    kernels: str | None = None        # fused (harness.kernels: LoRA layers, RMSNorm; same sums) | library
     eval_limit: int | None = None     # GSM8K test questions scored after training; 0 = none
     weight_decay: float | None = None
     targets: str | None = None        # all-linear, or a comma list of module-name suffixes
@@ -197,8 +197,8 @@ def validate(cfg: TrialConfig):
         raise UsageError(f"unknown schedule {quote(cfg.schedule)}: use {', '.join(SCHEDULES)}")
     if cfg.batching not in BATCHINGS:
         raise UsageError(f"unknown batching {quote(cfg.batching)}: use {', '.join(BATCHINGS)}")
-    if cfg.lora_kernel not in LORA_KERNELS:
-        raise UsageError(f"unknown --lora-kernel {quote(cfg.lora_kernel)}: use {', '.join(LORA_KERNELS)}")
+    if cfg.kernels not in KERNELS:
+        raise UsageError(f"unknown --kernels {quote(cfg.kernels)}: use {', '.join(KERNELS)}")
     if cfg.warmup_steps and cfg.warmup_ratio:
         raise UsageError(f"warmup_steps {cfg.warmup_steps} and warmup_ratio {cfg.warmup_ratio:g} both set: "
                          f"give one of --warmup-steps or --warmup-ratio")

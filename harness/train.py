@@ -18,7 +18,7 @@ from peft import get_peft_model
 from tqdm import tqdm
 
 import methods
-from harness import data, inits, lora_linear
+from harness import data, inits, kernels
 from harness.config import TrialConfig
 from harness.faults import maybe_inject
 from harness.flops import Counter, peak
@@ -175,7 +175,7 @@ def run_trial(cfg: TrialConfig, report=None, progress: bool = False,
     with timer("data"):
         train_ex, val_ex = examples(cfg, tok, training)
     model, info = add_adapters(cfg, model, train_ex, tok.pad_token_id, device)
-    info["fused_lora_layers"] = lora_linear.install(model, cfg.lora_kernel)
+    info["fused_modules"] = kernels.install(model, cfg.kernels)
     method = methods.get(cfg.method)
     init_dir = save_init(model, cfg.out) if method.mutates_base else None
     optimizer = method.optimizer(model, cfg.lr, cfg.hparams, cfg.weight_decay)

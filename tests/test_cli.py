@@ -77,7 +77,7 @@ CASES = {
     "rank zero": (["trial", "--method", "lora", "--lr", "1e-4", "--preset", "smoke", "--set", "rank=0"], "rank"),
     "negative eval limit": (RUN + ["--eval-limit", "-3"], "-3"),
     "unknown schedule": (RUN + ["--schedule", "cosine-ish"], "cosine-ish"),
-    "unknown LoRA kernel": (RUN + ["--lora-kernel", "triton"], "triton"),
+    "unknown kernels": (RUN + ["--kernels", "triton"], "triton"),
     "two warm-ups": (RUN + ["--warmup-steps", "5", "--warmup-ratio", "0.1"], "warmup_ratio 0.1"),
     "negative clipping norm": (RUN + ["--max-grad-norm", "-1"], "-1"),
     "missing data folder": (RUN + ["--data-dir", "/nonexistent/data"], "/nonexistent/data"),

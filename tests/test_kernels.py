@@ -1,4 +1,4 @@
-"""The fused LoRA layer (harness.lora_linear) against PEFT's own forward and backward."""
+"""The fused LoRA layer and RMSNorm (harness.kernels) against the libraries' own forward and backward."""
 
 import copy
 
@@ -6,8 +6,11 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from peft.tuners.lora.layer import Linear as PeftLinear
+from transformers.models.gemma.modeling_gemma import GemmaRMSNorm
+from transformers.models.llama.modeling_llama import LlamaRMSNorm
+from transformers.models.qwen3.modeling_qwen3 import Qwen3RMSNorm
 
-from harness import data, lora_linear
+from harness import data, kernels
 from harness.loss import loss_of
 from harness.train import prepare, run_trial
 
@@ -31,12 +34,12 @@ def test_one_layer_equals_peft_in_output_and_every_gradient():
     net = get_peft_model(torch.nn.Sequential(torch.nn.Linear(24, 40)),
                          LoraConfig(r=4, lora_alpha=8, target_modules=["0"], init_lora_weights=False))
     layer = net.base_model.model[0]
-    assert lora_linear.covered(layer)
+    assert kernels.covered(layer)
     x = torch.randn(3, 5, 24, requires_grad=True)
     outputs, grads = [], []
     for fused in (False, True):
         if fused:
-            assert lora_linear.install(net, "fused") == 1
+            assert kernels.install(net, "fused") == 1
         y = layer(x)
         (y * torch.linspace(-1, 1, 40)).sum().backward()
         outputs.append(y.detach().clone())
@@ -52,8 +55,9 @@ def test_one_layer_equals_peft_in_output_and_every_gradient():
 def test_a_tiny_model_trains_the_same_with_the_fused_layers(smoke):
     model, tok, train_ex = adapted(smoke())
     fused = copy.deepcopy(model)
-    switched = lora_linear.install(fused, "fused")
-    assert switched == sum(isinstance(m, PeftLinear) for m in model.modules()) > 0
+    switched = kernels.install(fused, "fused")
+    layers = [m for m in fused.modules() if isinstance(m, (PeftLinear, LlamaRMSNorm))]
+    assert switched == len(layers) > 0 and all("forward" in vars(m) for m in layers)
     batch = data.collate(train_ex[:6], tok.pad_token_id)
     (loss, grads), (fused_loss, fused_grads) = loss_and_grads(model, batch), loss_and_grads(fused, batch)
     assert abs(loss - fused_loss) <= 1e-5 * abs(loss)
@@ -66,15 +70,15 @@ def test_a_tiny_model_trains_the_same_with_the_fused_layers(smoke):
 @pytest.mark.parametrize("lora", [dict(lora_dropout=0.1), dict(use_dora=True)])
 def test_layers_the_fused_form_does_not_cover_keep_pefts_forward(smoke, lora):
     model, _, _ = adapted(smoke(), **lora)
-    assert lora_linear.install(model, "fused") == 0
-    assert not any("forward" in vars(m) for m in model.modules())
+    kernels.install(model, "fused")
+    assert not any("forward" in vars(m) for m in model.modules() if isinstance(m, PeftLinear))
 
 
 def test_mixed_dtypes_and_disabled_adapters_take_pefts_path(smoke, monkeypatch):
     model, tok, train_ex = adapted(smoke())
-    lora_linear.install(model, "fused")
+    kernels.install(model, "fused")
     calls = []
-    monkeypatch.setattr(lora_linear.LoraLinear, "apply", lambda *a: calls.append(a))
+    monkeypatch.setattr(kernels.LoraLinear, "apply", lambda *a: calls.append(a))
     batch = data.collate(train_ex[:2], tok.pad_token_id)
     with model.disable_adapter():
         loss_of(model, batch)
@@ -93,7 +97,39 @@ def test_mixed_dtypes_and_disabled_adapters_take_pefts_path(smoke, monkeypatch):
 
 @pytest.mark.parametrize("method", ["lora", "pissa", "riemannian"])
 def test_a_trial_with_the_fused_layers_ends_where_pefts_does(smoke, tmp_path, method):
-    results = {kernel: run_trial(smoke(method, 1e-2, steps=6, eval_limit=0, lora_kernel=kernel,
-                                       out=str(tmp_path / kernel))) for kernel in lora_linear.KERNELS}
-    assert results["fused"]["fused_lora_layers"] > 0 and results["peft"]["fused_lora_layers"] == 0
-    assert abs(results["fused"]["val_loss"] - results["peft"]["val_loss"]) <= 1e-5 * results["peft"]["val_loss"]
+    results = {kind: run_trial(smoke(method, 1e-2, steps=6, eval_limit=0, kernels=kind,
+                                     out=str(tmp_path / kind))) for kind in kernels.KERNELS}
+    assert results["fused"]["fused_modules"] > 0 and results["library"]["fused_modules"] == 0
+    assert abs(results["fused"]["val_loss"] - results["library"]["val_loss"]) <= 1e-5 * results["library"]["val_loss"]
+
+
+@pytest.mark.parametrize("norm_class", [LlamaRMSNorm, Qwen3RMSNorm])
+def test_one_rmsnorm_equals_transformers_in_output_and_gradient(norm_class):
+    torch.manual_seed(0)
+    norm = norm_class(24, eps=1e-5)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    norm.requires_grad_(False)
+    x = torch.randn(3, 5, 24, requires_grad=True)
+    results = []
+    for fused in (False, True):
+        if fused:
+            assert kernels.install(torch.nn.Sequential(norm), "fused") == 1
+        y = norm(x)
+        (y * torch.linspace(-1, 1, 24)).sum().backward()
+        results.append((y.detach().clone(), x.grad.clone()))
+        x.grad = None
+    for library, fused in zip(*results):
+        assert torch.allclose(library, fused, rtol=1e-5, atol=1e-6)
+
+
+def test_norms_of_another_form_a_trained_weight_or_bf16_keep_transformers_forward(monkeypatch):
+    gemma = GemmaRMSNorm(24).requires_grad_(False)   # w scales by (1 + w): another forward
+    trained = LlamaRMSNorm(24)                       # its weight requires grad
+    assert kernels.install(torch.nn.Sequential(gemma, torch.nn.Sequential(trained)), "fused") == 0
+    norm = LlamaRMSNorm(24).requires_grad_(False)
+    kernels.install(torch.nn.Sequential(norm), "fused")
+    calls = []
+    monkeypatch.setattr(kernels.RMSNorm, "apply", lambda *a: calls.append(a))
+    norm(torch.randn(2, 24, dtype=torch.bfloat16))
+    assert not calls
