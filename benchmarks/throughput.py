@@ -111,9 +111,8 @@ class Run:
             self.warmup.append(time.perf_counter() - start)
 
     def outcome(self) -> dict:
-        flops, _ = peak(self.device, next(self.model.parameters()).dtype)  # the loop's own dtype
         return dict(times=self.times, tokens=self.tokens, padded=self.padded, work=self.work, warmup=self.warmup,
-                    val_loss=self.val(), peak_flops=flops)
+                    val_loss=self.val(), dtype=next(self.model.parameters()).dtype)
 
 
 def start(loop: str):
@@ -170,7 +169,7 @@ def interleaved(args, loops: list[str]) -> dict:
             pipes[loop].recv()
         print(f"  round {rnd + 1}/{args.steps}" + (" (warm-up)" if rnd < WARMUP else ""), flush=True)
     outcomes = {}
-    for loop, conn in pipes.items():   # one at a time, each gone before the next measures its matmul peak
+    for loop, conn in pipes.items():
         conn.send(None)
         outcomes[loop] = conn.recv()
         workers[loop].join()
@@ -178,11 +177,12 @@ def interleaved(args, loops: list[str]) -> dict:
 
 
 def summary(outcomes: dict) -> dict:
-    out = {}
+    out, device = {}, pick_device("auto")
+    peaks = {dtype: peak(device, dtype)[0] for dtype in {r["dtype"] for mine in outcomes.values() for r in mine.values()}}
     for loop, by_seed in outcomes.items():
         mine = list(by_seed.values())
         seconds, tokens = sum(sum(r["times"]) for r in mine), sum(sum(r["tokens"]) for r in mine)
-        flops = mine[0]["peak_flops"]
+        flops = peaks[mine[0]["dtype"]]   # the loop's own dtype, measured once the workers are gone
         out[loop] = dict(real_tokens_per_s=tokens / seconds, real_share=tokens / sum(sum(r["padded"]) for r in mine),
                          mfu=sum(sum(r["work"]) for r in mine) / seconds / flops, peak_flops=flops,
                          step_s=statistics.median(t for r in mine for t in r["times"]),

@@ -23,7 +23,6 @@ import types
 
 import torch
 from peft.tuners.lora.layer import Linear as PeftLinear
-
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
 from harness.config import KERNELS
