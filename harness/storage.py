@@ -283,9 +283,9 @@ class Lock:
     """Exclusive ownership of a sweep: a file holding its driver's host, pid and heartbeat,
     rewritten every HEARTBEAT_SECONDS by a thread until `release`.
 
-    On a folder it is created with O_CREAT|O_EXCL, which is atomic; a stale lock is removed under
-    an flock of a guard file beside it (so two takers cannot both remove it and both create
-    theirs), then created the same way. A bucket has no write-if-absent: the lock is written, and
+    On a folder it is created with O_CREAT|O_EXCL, which is atomic; a stale lock is replaced by
+    one rename under an flock of a guard file beside it, so two takers cannot both replace it, and
+    no taker finds the file missing in between and creates its own. A bucket has no write-if-absent: the lock is written, and
     read back SETTLE_SECONDS later; the writer whose record stands owns it. Two drivers whose read
     (finding no lock) and write are more than SETTLE_SECONDS apart could both win: a race of two
     starts within that window, in practice only a stalled store."""
@@ -321,8 +321,14 @@ class Lock:
         if stale is not None:
             with open(f"{path}.guard", "a") as guard:
                 fcntl.flock(guard, fcntl.LOCK_EX)
-                if read_lock(self.location) == stale:  # not taken over by another meanwhile
-                    path.unlink(missing_ok=True)
+                current = read_lock(self.location)
+                if current == stale:
+                    # one rename over the stale record: a lock file stays there throughout, so no
+                    # other taker finds none and creates its own meanwhile
+                    write_text(self.location, self.record())
+                    return
+                if current is not None:  # taken over by another meanwhile
+                    raise Held(current)
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
