@@ -8,8 +8,9 @@ Loops (lora, the `cpu` preset's model, batch, length, schedule and clipping):
 - padded: random batches padded to their longest row, logits at every position, PEFT's LoRA
   layer and transformers' RMSNorm, malloc's default setting (the loop before);
 - bucketed: rows of similar length batched together, logits only where labels are set;
-- fused: the preset's loop now: bucketed, with the fused LoRA layers and RMSNorms
-  (harness.kernels) and malloc keeping freed memory (harness.memory.keep_freed).
+- fused: the preset's loop now: bucketed, with the fused LoRA layers and RMSNorms and the frozen
+  layers' matmuls by oneDNN (harness.kernels), and malloc keeping freed memory
+  (harness.memory.keep_freed).
 With --candidates, two levers the preset does not use are measured beside them (the fused loop
 with its frozen base in bf16, adapters in fp32; and with its whole loss, decoder, head and
 cross-entropy, under torch.compile), each against the same target and with its validation loss

@@ -39,7 +39,7 @@ def test_one_layer_equals_peft_in_output_and_every_gradient():
     outputs, grads = [], []
     for fused in (False, True):
         if fused:
-            assert kernels.install(net, "fused") == 1
+            assert kernels.install(net, "fused") == 2   # the LoRA layer and its frozen base
         y = layer(x)
         (y * torch.linspace(-1, 1, 40)).sum().backward()
         outputs.append(y.detach().clone())
@@ -56,7 +56,8 @@ def test_a_tiny_model_trains_the_same_with_the_fused_layers(smoke):
     model, tok, train_ex = adapted(smoke())
     fused = copy.deepcopy(model)
     switched = kernels.install(fused, "fused")
-    layers = [m for m in fused.modules() if isinstance(m, (PeftLinear, LlamaRMSNorm))]
+    layers = [m for m in fused.modules() if isinstance(m, (PeftLinear, LlamaRMSNorm))
+              or type(m) is torch.nn.Linear and not m.weight.requires_grad]   # the head, the bases
     assert switched == len(layers) > 0 and all("forward" in vars(m) for m in layers)
     batch = data.collate(train_ex[:6], tok.pad_token_id)
     (loss, grads), (fused_loss, fused_grads) = loss_and_grads(model, batch), loss_and_grads(fused, batch)
@@ -101,6 +102,37 @@ def test_a_trial_with_the_fused_layers_ends_where_pefts_does(smoke, tmp_path, me
                                      out=str(tmp_path / kind))) for kind in kernels.KERNELS}
     assert results["fused"]["fused_modules"] > 0 and results["library"]["fused_modules"] == 0
     assert abs(results["fused"]["val_loss"] - results["library"]["val_loss"]) <= 1e-5 * results["library"]["val_loss"]
+
+
+def test_the_matmul_equals_f_linear_in_every_layout_it_is_given():
+    torch.manual_seed(0)
+    x, weight, bias = torch.randn(7, 24), torch.randn(40, 24), torch.randn(40)
+    for args in [(x, weight, bias), (x, weight), (x.t().contiguous().t(), weight), (torch.randn(7, 40), weight.t())]:
+        assert torch.allclose(kernels.linear(*args), torch.nn.functional.linear(*args), rtol=1e-5, atol=1e-5)
+    assert kernels.onednn(x, weight) == kernels.ONEDNN   # fp32 on CPU
+    assert not kernels.onednn(x.double(), weight.double())
+
+
+def test_a_frozen_linear_equals_torchs_and_a_trained_one_is_left_alone(monkeypatch):
+    torch.manual_seed(0)
+    head, trained = torch.nn.Linear(24, 40).requires_grad_(False), torch.nn.Linear(24, 40)
+    x = torch.randn(3, 5, 24, requires_grad=True)
+    results = []
+    for fused in (False, True):
+        if fused:
+            assert kernels.install(torch.nn.Sequential(head, trained), "fused") == 1
+            assert "forward" in vars(head) and "forward" not in vars(trained)
+        y = head(x)
+        (y * torch.linspace(-1, 1, 40)).sum().backward()
+        results.append((y.detach().clone(), x.grad.clone()))
+        x.grad = None
+    for library, fused in zip(*results):
+        assert torch.allclose(library, fused, rtol=1e-5, atol=1e-6)
+    calls = []
+    monkeypatch.setattr(kernels.FrozenLinear, "apply", lambda *a: calls.append(a))
+    head.double()(x.double())                     # not fp32: torch's own forward
+    head.float().requires_grad_(True)(x)          # trained after the switch: likewise
+    assert not calls
 
 
 @pytest.mark.parametrize("norm_class", [LlamaRMSNorm, Qwen3RMSNorm])
