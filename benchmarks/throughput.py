@@ -10,7 +10,9 @@ Loops (lora, the `cpu` preset's model, batch, length, schedule and clipping):
 - bucketed: rows of similar length batched together, logits only where labels are set;
 - fused: the preset's loop now: bucketed, with the fused LoRA layers and RMSNorms and the frozen
   layers' matmuls by oneDNN (harness.kernels), and malloc keeping freed memory
-  (harness.memory.keep_freed).
+  (harness.memory.keep_freed);
+- shuffled: the fused loop on the padded loop's random batches (`--batching shuffle`), which
+  learns from the same batches as the padded loop.
 With --candidates, two levers the preset does not use are measured beside them (the fused loop
 with its frozen base in bf16, adapters in fp32; and with its whole loss, decoder, head and
 cross-entropy, under torch.compile), each against the same target and with its validation loss
@@ -60,7 +62,8 @@ from harness.train import add_adapters, clip, prepare, schedule, seed_everything
 
 BEFORE = dict(batching="shuffle", selective=False, kernels="library", keep_freed=False)
 LOOPS = {"padded": BEFORE, "bucketed": dict(BEFORE, batching="bucket", selective=True),
-         "fused": dict(BEFORE, batching="bucket", selective=True, kernels="fused", keep_freed=True)}
+         "fused": dict(BEFORE, batching="bucket", selective=True, kernels="fused", keep_freed=True),
+         "shuffled": dict(BEFORE, selective=True, kernels="fused", keep_freed=True)}
 CANDIDATES = {"bf16": dict(LOOPS["fused"], dtype="bfloat16"), "compiled": dict(LOOPS["fused"], compile=True)}
 ALL = {**LOOPS, **CANDIDATES}
 LR, WARMUP, MEMORY_STEPS, TARGET = 2e-4, 2, 3, 1.3
@@ -240,8 +243,7 @@ def main():
           + ", ".join(f"{loop} {r['peak_flops'] / 1e9:.0f} GFLOP/s" for loop, r in result.items()))
     print(f"validation loss after {args.steps} steps (the same examples), each loop's mean over seeds:")
     for loop in loops[1:]:
-        print("  " + against(result, loop, "bucketed" if loop == "fused" else "padded" if loop in LOOPS else "fused",
-                             spread))
+        print("  " + against(result, loop, "padded" if loop in LOOPS else "fused", spread))
     print(f"1st step: in a fresh process (cold compile cache); warm-up: the {WARMUP} untimed steps of the rounds")
     if "compiled" in result:
         print("  " + start_up(result, memory, args.steps))
