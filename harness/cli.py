@@ -96,7 +96,7 @@ def add_trial_options(p):
     p.add_argument("--max-grad-norm", type=parse_number, default=None,
                    help="clip the gradient norm to this before each step; 0 = off (default: 1.0)")
     p.add_argument("--batching", default=None, help="bucket (rows of similar length batched together, "
-                   "the default) or shuffle (random batches, padded to their longest row)")
+                   "the default) or shuffle (random batches, padded to their longest row; the cpu preset's)")
     p.add_argument("--kernels", default=None, help="fused (LoRA layers and RMSNorms as autograd functions "
                    "with the same sums, the default) or library (PEFT's and transformers' own forward)")
     p.add_argument("--weight-decay", type=parse_number, default=None, help="AdamW weight decay (default: the preset's)")
