@@ -98,7 +98,8 @@ def add_trial_options(p):
     p.add_argument("--batching", default=None, help="bucket (rows of similar length batched together, "
                    "the default) or shuffle (random batches, padded to their longest row; the cpu preset's)")
     p.add_argument("--kernels", default=None, help="fused (LoRA layers and RMSNorms as autograd functions "
-                   "with the same sums, the default) or library (PEFT's and transformers' own forward)")
+                   "with the same sums, and on CPU the frozen layers' matmuls by oneDNN; the default) or "
+                   "library (PEFT's and transformers' own forward)")
     p.add_argument("--weight-decay", type=parse_number, default=None, help="AdamW weight decay (default: the preset's)")
     p.add_argument("--targets", default=None, help="layers that get adapters: all-linear, or module names "
                    "such as q_proj,v_proj (default: the preset's)")
