@@ -29,6 +29,19 @@ def loss_and_grads(model, batch):
     return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
+def library_then_fused(module, x, switch):
+    """(output, input gradient) of the module before and after `switch()` installs the fused forms."""
+    results = []
+    for fused in (False, True):
+        if fused:
+            switch()
+        y = module(x)
+        (y * torch.linspace(-1, 1, y.shape[-1])).sum().backward()
+        results.append((y.detach().clone(), x.grad.clone()))
+        x.grad = None
+    return results
+
+
 def test_one_layer_equals_peft_in_output_and_every_gradient():
     torch.manual_seed(0)
     net = get_peft_model(torch.nn.Sequential(torch.nn.Linear(24, 40)),
@@ -117,16 +130,10 @@ def test_a_frozen_linear_equals_torchs_and_a_trained_one_is_left_alone(monkeypat
     torch.manual_seed(0)
     head, trained = torch.nn.Linear(24, 40).requires_grad_(False), torch.nn.Linear(24, 40)
     x = torch.randn(3, 5, 24, requires_grad=True)
-    results = []
-    for fused in (False, True):
-        if fused:
-            assert kernels.install(torch.nn.Sequential(head, trained), "fused") == 1
-            assert "forward" in vars(head) and "forward" not in vars(trained)
-        y = head(x)
-        (y * torch.linspace(-1, 1, 40)).sum().backward()
-        results.append((y.detach().clone(), x.grad.clone()))
-        x.grad = None
-    for library, fused in zip(*results):
+    def switch():
+        assert kernels.install(torch.nn.Sequential(head, trained), "fused") == 1
+        assert "forward" in vars(head) and "forward" not in vars(trained)
+    for library, fused in zip(*library_then_fused(head, x, switch)):
         assert torch.allclose(library, fused, rtol=1e-5, atol=1e-6)
     calls = []
     monkeypatch.setattr(kernels.FrozenLinear, "apply", lambda *a: calls.append(a))
@@ -143,15 +150,9 @@ def test_one_rmsnorm_equals_transformers_in_output_and_gradient(norm_class):
         norm.weight.uniform_(0.5, 1.5)
     norm.requires_grad_(False)
     x = torch.randn(3, 5, 24, requires_grad=True)
-    results = []
-    for fused in (False, True):
-        if fused:
-            assert kernels.install(torch.nn.Sequential(norm), "fused") == 1
-        y = norm(x)
-        (y * torch.linspace(-1, 1, 24)).sum().backward()
-        results.append((y.detach().clone(), x.grad.clone()))
-        x.grad = None
-    for library, fused in zip(*results):
+    def switch():
+        assert kernels.install(torch.nn.Sequential(norm), "fused") == 1
+    for library, fused in zip(*library_then_fused(norm, x, switch)):
         assert torch.allclose(library, fused, rtol=1e-5, atol=1e-6)
 
 
